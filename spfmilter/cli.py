@@ -1,0 +1,100 @@
+"""Command line: run the milter, check the configuration, or evaluate one case by hand."""
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import sys
+from typing import Optional, Sequence
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, defaults, describe, load
+
+log = logging.getLogger("spfmilter")
+
+
+def setup_logging(config: Config, stream=None) -> None:
+    """Route the ``spfmilter`` loggers to stderr or syslog, as configured."""
+    root = logging.getLogger("spfmilter")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if config.log_destination.value == "syslog":
+        facility = logging.handlers.SysLogHandler.facility_names[config.syslog_facility]
+        handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log", facility=facility)
+        handler.setFormatter(logging.Formatter("spfmilter[%(process)d]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s spfmilter[%(process)d]: %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(config.log_level.upper())
+    root.propagate = False
+
+
+def _load_config(path: Optional[str]) -> Config:
+    """The named file; else the default path if present; else the built-in defaults."""
+    if path:
+        return load(path)
+    if os.path.exists(DEFAULT_CONFIG_PATH):
+        return load(DEFAULT_CONFIG_PATH)
+    return defaults()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spfmilter",
+        description="SPF (RFC 7208) milter for Postfix and Sendmail. Without a command it runs the "
+                    "milter in the foreground.")
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help=f"configuration file (default {DEFAULT_CONFIG_PATH} if it exists, "
+                             "else built-in defaults)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the configuration, print the effective settings, and exit "
+                             "(non-zero on errors)")
+    parser.add_argument("--version", action="version", version=f"spfmilter {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = commands.add_parser(
+        "check", help="evaluate one case without an MTA",
+        description="Evaluate SPF for one client as the milter would, and print the headers it "
+                    "would add and the SMTP reply it would give.")
+    check.add_argument("--ip", required=True, help="client IP address")
+    check.add_argument("--helo", required=True, help="HELO/EHLO name")
+    check.add_argument("--sender", required=True, help="MAIL FROM address ('' or <> for the null sender)")
+    check.add_argument("--recipient", default="user@localhost",
+                       help="RCPT TO address (matters for exempt recipients like postmaster@)")
+    check.add_argument("--auth-user", default=None, help="SASL login name, as {auth_authen} would carry")
+    check.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
+                       help="configuration file (same default as above)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    path = getattr(args, "check_config_file", None) or args.config
+    try:
+        config = _load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"spfmilter: {problem}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"# {config.source}: configuration OK")
+        for line in describe(config):
+            print(line)
+        return 0
+    if args.command == "check":
+        from .checkcmd import run_check
+
+        setup_logging(config)
+        return run_check(config, args.ip, args.helo, args.sender, args.recipient, args.auth_user)
+    setup_logging(config)
+    if config.source == "<built-in defaults>":
+        log.info("no configuration file at %s; using built-in defaults", DEFAULT_CONFIG_PATH)
+    from .server import serve
+
+    return serve(config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""Configuration: one flat ``key = value`` file turned into one frozen :class:`Config`.
+
+Every key is declared once in :data:`KEYS` (name, parser, default, help text); the
+README reference table is checked against that list by the tests, so the two
+cannot drift.  Unknown keys, duplicate keys and bad values are errors that name
+the file, the line and the key; all of them are reported at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+DEFAULT_CONFIG_PATH = "/etc/spfmilter/spfmilter.conf"
+DEFAULT_SOCKET = "inet:8890@127.0.0.1"
+
+
+class ConfigError(Exception):
+    """One or more problems in a configuration file; ``problems`` lists them all."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Mode(str, enum.Enum):
+    HEADER_ONLY = "header-only"
+    ENFORCE = "enforce"
+
+
+class HeaderType(str, enum.Enum):
+    AUTHENTICATION_RESULTS = "authentication-results"
+    RECEIVED_SPF = "received-spf"
+    BOTH = "both"
+    NONE = "none"
+
+
+class TempErrorAction(str, enum.Enum):
+    DEFER = "defer"
+    ACCEPT = "accept"
+
+
+class ErrorAction(str, enum.Enum):
+    TEMPFAIL = "tempfail"
+    ACCEPT = "accept"
+
+
+class LogDestination(str, enum.Enum):
+    STDERR = "stderr"
+    SYSLOG = "syslog"
+
+
+# Results an admin may choose to reject on (temperror is governed by temperror_action).
+REJECTABLE_RESULTS = ("fail", "softfail", "neutral", "none", "permerror")
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    """A libmilter connection spec: inet:PORT@HOST, inet6:PORT@HOST or unix:/path."""
+
+    family: str  # "inet", "inet6" or "unix"
+    address: str  # host for inet/inet6, path for unix
+    port: int = 0
+
+    def libmilter(self) -> str:
+        if self.family == "unix":
+            return f"unix:{self.address}"
+        return f"{self.family}:{self.port}@{self.address}"
+
+    def __str__(self) -> str:
+        return self.libmilter()
+
+
+@dataclass(frozen=True)
+class DnsServer:
+    address: str
+    port: int = 53
+
+
+@dataclass(frozen=True)
+class Config:
+    socket: SocketSpec = SocketSpec("inet", "127.0.0.1", 8890)
+    mode: Mode = Mode.HEADER_ONLY
+    header_type: HeaderType = HeaderType.AUTHENTICATION_RESULTS
+    authserv_id: str = ""
+    trusted_networks: tuple = ()
+    trust_authenticated: bool = True
+    helo_reject_results: frozenset = frozenset({"fail"})
+    mailfrom_reject_results: frozenset = frozenset({"fail"})
+    temperror_action: TempErrorAction = TempErrorAction.DEFER
+    exempt_recipients: tuple = ("postmaster", "abuse")
+    dns_timeout: float = 10.0
+    dns_servers: tuple = ()
+    dns_cache_size: int = 10000
+    on_error: ErrorAction = ErrorAction.TEMPFAIL
+    log_destination: LogDestination = LogDestination.STDERR
+    log_level: str = "info"
+    syslog_facility: str = "mail"
+    source: str = field(default="<built-in defaults>", compare=False)
+
+    @property
+    def enforce(self) -> bool:
+        return self.mode is Mode.ENFORCE
+
+    @property
+    def receiver(self) -> str:
+        """The host name we put in ``receiver=`` (RFC 7208 section 9.1)."""
+        return self.authserv_id
+
+    def reject_results(self, identity: str) -> frozenset:
+        return self.helo_reject_results if identity == "helo" else self.mailfrom_reject_results
+
+
+# --------------------------------------------------------------------------- value parsers
+# Each parser takes the raw text and returns the typed value, or raises ValueError
+# with a message that tells the admin what is expected.
+
+def _enum_parser(kind: type[enum.Enum]) -> Callable[[str], enum.Enum]:
+    def parse(text: str):
+        try:
+            return kind(text.strip().lower())
+        except ValueError:
+            allowed = ", ".join(m.value for m in kind)
+            raise ValueError(f"expected one of: {allowed}") from None
+
+    return parse
+
+
+def _split_list(text: str) -> list[str]:
+    return [item for item in re.split(r"[\s,]+", text.strip()) if item]
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("expected yes or no")
+
+
+def parse_socket(text: str) -> SocketSpec:
+    text = text.strip()
+    kind, sep, rest = text.partition(":")
+    kind = kind.lower()
+    if not sep:
+        raise ValueError("expected inet:PORT@HOST, inet6:PORT@HOST or unix:/path")
+    if kind in ("unix", "local"):
+        if not rest.startswith("/"):
+            raise ValueError("a unix socket needs an absolute path, e.g. unix:/run/spfmilter/spfmilter.sock")
+        return SocketSpec("unix", rest)
+    if kind not in ("inet", "inet6"):
+        raise ValueError(f"unknown socket type {kind!r}: expected inet, inet6 or unix")
+    port_text, at, host = rest.partition("@")
+    if not at or not host:
+        raise ValueError(f"expected {kind}:PORT@HOST, e.g. {kind}:8890@{'::1' if kind == 'inet6' else '127.0.0.1'}")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port {port_text!r}: expected a number from 1 to 65535")
+    host = host.strip("[]")
+    if kind == "inet6":
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"inet6 needs an IPv6 address, got {host!r}") from None
+    elif not _is_ipv4(host) and not is_hostname(host):
+        raise ValueError(f"bad host {host!r}")
+    return SocketSpec(kind, host, int(port_text))
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def is_hostname(text: str) -> bool:
+    """A syntactically valid host/domain name (LDH labels, underscores tolerated)."""
+    if not text or len(text) > 253:
+        return False
+    return all(_LABEL.match(label) for label in text.rstrip(".").split("."))
+
+
+def parse_networks(text: str) -> tuple:
+    networks = []
+    for item in _split_list(text):
+        if item.lower() == "loopback":
+            networks += [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"bad network {item!r}: expected CIDR like 192.0.2.0/24, 2001:db8::/32, or 'loopback'") from None
+    return tuple(networks)
+
+
+def parse_results(text: str) -> frozenset:
+    results = set()
+    for item in _split_list(text.lower()):
+        if item not in REJECTABLE_RESULTS:
+            raise ValueError(
+                f"unknown SPF result {item!r}: choose from {', '.join(REJECTABLE_RESULTS)}"
+                + (" (temperror is set by temperror_action)" if item == "temperror" else "")
+            )
+        results.add(item)
+    return frozenset(results)
+
+
+def parse_authserv_id(text: str) -> str:
+    value = text.strip()
+    if not is_hostname(value):
+        raise ValueError("expected a host name such as mx.example.com")
+    return value
+
+
+def parse_recipients(text: str) -> tuple:
+    items = tuple(item.lower() for item in _split_list(text))
+    for item in items:
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+", item):
+            raise ValueError(f"bad local part or address {item!r}")
+    return items
+
+
+def parse_timeout(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("expected a number of seconds, e.g. 10 or 2.5") from None
+    if not 0.1 <= value <= 120:
+        raise ValueError("expected between 0.1 and 120 seconds")
+    return value
+
+
+def parse_cache_size(text: str) -> int:
+    text = text.strip()
+    if not text.isdigit():
+        raise ValueError("expected a whole number of entries (0 turns the cache off)")
+    return int(text)
+
+
+def parse_dns_servers(text: str) -> tuple:
+    servers = []
+    for item in _split_list(text):
+        host, port = item, 53
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", item)
+        if match:
+            host, port = match.group(1), int(match.group(2) or 53)
+        elif item.count(":") == 1:
+            host, port_text = item.split(":")
+            if not port_text.isdigit():
+                raise ValueError(f"bad DNS server {item!r}")
+            port = int(port_text)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"bad DNS server {item!r}: expected an IP address, IP:PORT or [IPv6]:PORT") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port in DNS server {item!r}")
+        servers.append(DnsServer(host, port))
+    return tuple(servers)
+
+
+def parse_log_level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("debug", "info", "warning", "error"):
+        raise ValueError("expected debug, info, warning or error")
+    return value
+
+
+_FACILITIES = ("mail", "daemon", "user") + tuple(f"local{i}" for i in range(8))
+
+
+def parse_facility(text: str) -> str:
+    value = text.strip().lower()
+    if value not in _FACILITIES:
+        raise ValueError(f"expected one of: {', '.join(_FACILITIES)}")
+    return value
+
+
+# --------------------------------------------------------------------------- the key table
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    parse: Callable[[str], object]
+    default: str  # as written in a config file; "" means the documented dynamic default
+    help: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("socket", parse_socket, DEFAULT_SOCKET,
+        "Where the milter listens: `inet:PORT@HOST`, `inet6:PORT@HOST` or `unix:/path`."),
+    Key("mode", _enum_parser(Mode), "header-only",
+        "`header-only` never rejects or defers; it adds headers and logs what enforcement would have done. "
+        "`enforce` rejects/defers as configured."),
+    Key("header_type", _enum_parser(HeaderType), "authentication-results",
+        "Which headers to add: `authentication-results`, `received-spf`, `both` or `none`."),
+    Key("authserv_id", parse_authserv_id, "",
+        "authserv-id of our Authentication-Results headers and the `receiver=` of Received-SPF. "
+        "Default: this machine's host name."),
+    Key("trusted_networks", parse_networks, "loopback",
+        "Clients in these networks are not checked (CIDR list, IPv4 and IPv6; `loopback` = 127.0.0.0/8, ::1). "
+        "An empty value trusts no network."),
+    Key("trust_authenticated", parse_bool, "yes",
+        "Do not check SASL-authenticated clients (the MTA's `{auth_authen}` macro)."),
+    Key("helo_reject_results", parse_results, "fail",
+        "HELO results that reject (list of fail, softfail, neutral, none, permerror; empty = never)."),
+    Key("mailfrom_reject_results", parse_results, "fail",
+        "MAIL FROM results that reject (same choices as helo_reject_results)."),
+    Key("temperror_action", _enum_parser(TempErrorAction), "defer",
+        "What a temperror does in enforce mode: `defer` (451 4.7.24) or `accept`. "
+        "No deferral when the other identity passed."),
+    Key("exempt_recipients", parse_recipients, "postmaster, abuse",
+        "Recipients never refused (RFC 5321 section 4.5.1): local parts, or full addresses."),
+    Key("dns_timeout", parse_timeout, "10",
+        "Time budget in seconds for all DNS lookups of one transaction (HELO and MAIL FROM together)."),
+    Key("dns_servers", parse_dns_servers, "",
+        "DNS servers to ask (IP, IP:PORT or [IPv6]:PORT, comma-separated). Default: /etc/resolv.conf."),
+    Key("dns_cache_size", parse_cache_size, "10000",
+        "Number of DNS answers kept in the in-process cache (TTL honoured). 0 turns the cache off."),
+    Key("on_error", _enum_parser(ErrorAction), "tempfail",
+        "Answer when the milter hits an internal error: `tempfail` or `accept`."),
+    Key("log_destination", _enum_parser(LogDestination), "stderr",
+        "`stderr` or `syslog` (via /dev/log)."),
+    Key("log_level", parse_log_level, "info", "`debug`, `info`, `warning` or `error`."),
+    Key("syslog_facility", parse_facility, "mail", "Syslog facility when log_destination = syslog."),
+)
+
+KEYS_BY_NAME = {key.name: key for key in KEYS}
+
+
+def default_authserv_id() -> str:
+    """This machine's host name (no DNS query is made)."""
+    name = socket.gethostname()
+    return name if is_hostname(name) else "localhost"
+
+
+def parse_text(text: str, source: str = "<string>", *, authserv_id_default: str | None = None) -> Config:
+    """Parse configuration text; raise :class:`ConfigError` listing every problem."""
+    values: dict[str, object] = {}
+    seen: dict[str, int] = {}
+    problems: list[str] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, eq, value = line.partition("=")
+        name = name.strip()
+        where = f"{source}:{lineno}"
+        if not eq:
+            problems.append(f"{where}: expected 'key = value', got {_shorten(line)!r}")
+            continue
+        key = KEYS_BY_NAME.get(name)
+        if key is None:
+            hint = difflib.get_close_matches(name.lower().replace("-", "_"), KEYS_BY_NAME, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            problems.append(f"{where}: unknown key '{_shorten(name)}'{suggestion}")
+            continue
+        if name in seen:
+            problems.append(f"{where}: key '{name}' already set on line {seen[name]}")
+            continue
+        seen[name] = lineno
+        try:
+            values[name] = key.parse(value)
+        except ValueError as exc:
+            problems.append(f"{where}: bad value for '{name}': {_shorten(value.strip())!r}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return build(values, source, authserv_id_default=authserv_id_default)
+
+
+def build(values: dict[str, object], source: str = "<built-in defaults>", *,
+          authserv_id_default: str | None = None) -> Config:
+    """Make a Config from parsed values, filling in every default."""
+    full = {}
+    for key in KEYS:
+        if key.name in values:
+            full[key.name] = values[key.name]
+        elif key.name == "authserv_id":
+            full[key.name] = authserv_id_default or default_authserv_id()
+        elif key.name == "dns_servers":
+            full[key.name] = ()
+        else:
+            full[key.name] = key.parse(key.default)
+    return Config(source=source, **full)
+
+
+def load(path: str) -> Config:
+    """Read and parse a config file; unreadable files are a ConfigError too."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    return parse_text(text, path)
+
+
+def defaults() -> Config:
+    return build({})
+
+
+def describe(config: Config) -> Iterable[str]:
+    """The effective configuration as ``key = value`` lines (for --check-config)."""
+    for key in KEYS:
+        value = getattr(config, key.name)
+        yield f"{key.name} = {format_value(value)}"
+
+
+def format_value(value: object) -> str:
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, frozenset):
+        return ", ".join(sorted(value))
+    if isinstance(value, tuple):
+        return ", ".join(
+            f"[{v.address}]:{v.port}" if isinstance(v, DnsServer) and ":" in v.address
+            else f"{v.address}:{v.port}" if isinstance(v, DnsServer) else str(v)
+            for v in value
+        )
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def replace(config: Config, **changes) -> Config:
+    return dataclasses.replace(config, **changes)
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,174 @@
+"""The one DNS seam: every lookup SPF evaluation makes goes through :class:`DnsClient`.
+
+It answers ``lookup(name, qtype, deadline)`` with plain Python values in the
+shapes pyspf expects (TXT as tuples of bytes, A/AAAA as text, MX as
+``(preference, exchange)``, PTR as names), keeps a thread-safe cache that honours
+TTLs (and caches NXDOMAIN/NODATA for the SOA's negative TTL, RFC 2308), and
+never waits past the caller's deadline.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.rdatatype
+import dns.resolver
+
+SUPPORTED_TYPES = ("A", "AAAA", "MX", "PTR", "TXT")
+MAX_CACHE_TTL = 86400
+NEGATIVE_TTL_CAP = 3600
+# One unanswered UDP attempt per server is retried after this long, within the budget.
+PER_TRY_TIMEOUT = 2.0
+
+
+class DnsTempError(Exception):
+    """The lookup could not be answered now (time-out, SERVFAIL, REFUSED, garbage)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    values: tuple
+    nxdomain: bool = False
+
+
+class TtlCache:
+    """A bounded LRU map whose entries expire; safe to share between threads."""
+
+    def __init__(self, size: int, clock: Callable[[], float] = time.monotonic):
+        self._size = size
+        self._clock = clock
+        self._data: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key):
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            expires, value = entry
+            if expires <= self._clock():
+                del self._data[key]
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key, value, ttl: float) -> None:
+        if self._size <= 0 or ttl <= 0:
+            return
+        with self._lock:
+            self._data[key] = (self._clock() + ttl, value)
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def make_resolver(servers: Sequence = ()) -> dns.resolver.Resolver:
+    """A dnspython resolver: the given (address, port) servers, else /etc/resolv.conf."""
+    if servers:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [server.address for server in servers]
+        ports = {server.address: server.port for server in servers}
+        resolver.nameserver_ports = ports
+        if len(set(ports.values())) == 1:
+            resolver.port = next(iter(ports.values()))
+    else:
+        resolver = dns.resolver.Resolver(configure=True)
+    resolver.cache = None  # we keep our own, shared and TTL-aware
+    resolver.timeout = PER_TRY_TIMEOUT
+    resolver.use_edns(0, 0, 1232)  # EDNS0 with a 1232-byte payload (DNS flag day 2020)
+    return resolver
+
+
+class DnsClient:
+    """Resolve names for SPF, with a shared cache and a hard deadline per lookup."""
+
+    def __init__(self, resolver: dns.resolver.Resolver, cache_size: int = 10000,
+                 clock: Callable[[], float] = time.monotonic):
+        self._resolver = resolver
+        self._clock = clock
+        self.cache = TtlCache(cache_size, clock)
+        self.queries = 0  # upstream queries sent (for tests and the benchmark)
+
+    def lookup(self, name: str, qtype: str, deadline: float) -> Answer:
+        """Answer for ``name``/``qtype``; raise DnsTempError when it cannot be had in time."""
+        if qtype not in SUPPORTED_TYPES:
+            raise ValueError(f"unsupported query type {qtype}")
+        key = (name.lower().rstrip("."), qtype)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise DnsTempError("DNS time budget exhausted")
+        self.queries += 1
+        try:
+            answer = self._resolver.resolve(
+                key[0] + ".", qtype, lifetime=remaining, raise_on_no_answer=False, search=False
+            )
+        except dns.resolver.NXDOMAIN as exc:
+            result = Answer((), nxdomain=True)
+            self.cache.put(key, result, _negative_ttl(exc))
+            return result
+        except dns.resolver.LifetimeTimeout:
+            raise DnsTempError(f"DNS timeout looking up {key[0]}/{qtype}") from None
+        except dns.resolver.NoNameservers as exc:
+            raise DnsTempError(f"DNS server failure for {key[0]}/{qtype}: {_rcodes(exc)}") from None
+        except dns.resolver.YXDOMAIN:
+            raise DnsTempError(f"DNS name too long after DNAME for {key[0]}") from None
+        except dns.exception.DNSException as exc:
+            raise DnsTempError(f"DNS error for {key[0]}/{qtype}: {exc.__class__.__name__}") from None
+        values = tuple(_convert(qtype, answer.rrset)) if answer.rrset is not None else ()
+        ttl = max(0.0, answer.expiration - time.time())
+        if not values:
+            ttl = min(ttl, NEGATIVE_TTL_CAP)
+        result = Answer(values)
+        self.cache.put(key, result, min(ttl, MAX_CACHE_TTL))
+        return result
+
+
+def _convert(qtype: str, rrset) -> list:
+    out = []
+    for rdata in rrset:
+        if qtype in ("A", "AAAA"):
+            out.append(rdata.address)
+        elif qtype == "MX":
+            out.append((rdata.preference, rdata.exchange.to_text(omit_final_dot=True)))
+        elif qtype == "PTR":
+            out.append(rdata.target.to_text(omit_final_dot=True))
+        elif qtype == "TXT":
+            out.append(tuple(rdata.strings))
+    return out
+
+
+def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> float:
+    """RFC 2308 section 5: negative answers live for min(SOA TTL, SOA MINIMUM)."""
+    try:
+        for response in exc.responses().values():
+            for rrset in response.authority:
+                if rrset.rdtype == dns.rdatatype.SOA:
+                    return float(min(rrset.ttl, rrset[0].minimum, NEGATIVE_TTL_CAP))
+    except Exception:  # a malformed authority section only costs us caching
+        return 0.0
+    return 0.0
+
+
+def _rcodes(exc: dns.resolver.NoNameservers) -> str:
+    errors = exc.kwargs.get("errors") or []
+    described = sorted({str(err[3]) if len(err) > 3 and err[3] else err[0] for err in errors}
+                       if errors else set())
+    text = ", ".join(str(item) for item in described) or "no usable answer"
+    return text[:200]

@@ -1,0 +1,234 @@
+"""Header text: Authentication-Results (RFC 8601), Received-SPF (RFC 7208 section 9.1),
+the policyd-spf style log line, and recognising forged copies of our own headers.
+
+Every value that came from the network goes through :mod:`spfmilter.text` first,
+so a hostile HELO name, address or explanation can neither inject a line break
+nor break the header grammar.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Optional
+
+import authres
+
+from .config import Config, HeaderType, is_hostname
+from .policy import Facts
+from .text import clean, comment_text, fold, is_dot_atom, quoted_string
+from .verify import Identity, SpfOutcome, SpfResult
+
+AR_NAME = "Authentication-Results"
+RSPF_NAME = "Received-SPF"
+
+
+def reason(outcome: SpfOutcome, client_ip: Optional[str]) -> str:
+    """A short human explanation of one result (plain text, not yet escaped)."""
+    ip = client_ip or "the client"
+    domain = outcome.domain or outcome.sender
+    what = "HELO name" if outcome.identity is Identity.HELO else "sender domain"
+    match outcome.result:
+        case SpfResult.PASS:
+            return f"{what} {domain} authorizes {ip}"
+        case SpfResult.FAIL:
+            return f"{what} {domain} does not authorize {ip}"
+        case SpfResult.SOFTFAIL:
+            return f"{what} {domain} probably does not authorize {ip}"
+        case SpfResult.NEUTRAL:
+            return f"{what} {domain} makes no statement about {ip}"
+        case SpfResult.NONE:
+            return outcome.problem or f"{what} {domain} publishes no SPF policy"
+        case SpfResult.PERMERROR:
+            return f"SPF policy of {domain} is invalid: {outcome.problem or 'permanent error'}"
+        case _:
+            return f"temporary error checking {domain}: {outcome.problem or 'DNS failure'}"
+
+
+def _pvalue(text: str) -> str:
+    """A property value authres will emit safely (RFC 8601 section 2.2 ``pvalue``).
+
+    authres quotes values without '@' itself but passes values containing '@'
+    through untouched, so those are made well-formed here.
+    """
+    value = clean(text)
+    if "@" not in value:
+        return value
+    local, _, domain = value.rpartition("@")
+    if is_hostname(domain):
+        return (local if is_dot_atom(local) else quoted_string(local)) + "@" + domain
+    return quoted_string(value)
+
+
+def authentication_results(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config) -> str:
+    """The value of our Authentication-Results header: one spf result per identity."""
+    results = [
+        authres.SPFAuthenticationResult(
+            result=helo.result.value, result_comment=comment_text(reason(helo, facts.client_ip)),
+            smtp_helo=_pvalue(facts.helo) or "unknown"),
+        authres.SPFAuthenticationResult(
+            result=mailfrom.result.value, result_comment=comment_text(reason(mailfrom, facts.client_ip)),
+            smtp_mailfrom=_pvalue(mailfrom.sender) or "unknown"),
+    ]
+    header = authres.AuthenticationResultsHeader(authserv_id=config.authserv_id, results=results)
+    return header.header_value()
+
+
+def _kv(key: str, value: str) -> str:
+    """RFC 7208 section 9.1 key-value-pair: key=dot-atom or quoted-string."""
+    text = clean(value)
+    return f"{key}={text if is_dot_atom(text) else quoted_string(text)}"
+
+
+def received_spf(outcome: SpfOutcome, facts: Facts, config: Config) -> str:
+    """The value of a Received-SPF header for one identity."""
+    comment = comment_text(f"{config.receiver}: {reason(outcome, facts.client_ip)}")
+    pairs = [
+        _kv("receiver", config.receiver),
+        _kv("client-ip", facts.client_ip or "unknown"),
+        _kv("envelope-from", facts.sender if facts.sender else ""),
+        _kv("helo", facts.helo or ""),
+        _kv("identity", outcome.identity.value),
+    ]
+    if outcome.mechanism:
+        pairs.append(_kv("mechanism", outcome.mechanism))
+    if outcome.problem and outcome.result in (SpfResult.PERMERROR, SpfResult.TEMPERROR):
+        pairs.append(_kv("problem", outcome.problem))
+    return f"{outcome.result.value} ({comment}) " + "; ".join(pairs)
+
+
+def spf_headers(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config) -> list[tuple[str, str]]:
+    """The headers to prepend, top first, already folded (bare LF + space, as libmilter wants)."""
+    headers: list[tuple[str, str]] = []
+    if config.header_type in (HeaderType.AUTHENTICATION_RESULTS, HeaderType.BOTH):
+        headers.append((AR_NAME, authentication_results(helo, mailfrom, facts, config)))
+    if config.header_type in (HeaderType.RECEIVED_SPF, HeaderType.BOTH):
+        # one per identity, MAIL FROM on top (it is the one most readers want)
+        headers.append((RSPF_NAME, received_spf(mailfrom, facts, config)))
+        headers.append((RSPF_NAME, received_spf(helo, facts, config)))
+    return [(name, fold(name, value)) for name, value in headers]
+
+
+def render(headers: Iterable[tuple[str, str]]) -> str:
+    """Headers as they appear in a message (for ``spfmilter check``)."""
+    return "".join(f"{name}: {value}\n" for name, value in headers)
+
+
+# --------------------------------------------------------------------------- forged headers
+
+def _strip_comments(text: str) -> str:
+    """Remove RFC 5322 comments (nested, with quoted-pairs) outside quoted-strings."""
+    out = []
+    depth = 0
+    in_quote = False
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and (depth or in_quote):
+            if not depth:
+                out.append(text[index:index + 2])
+            index += 2
+            continue
+        if in_quote:
+            out.append(char)
+            if char == '"':
+                in_quote = False
+        elif char == "(":
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif depth:
+            pass
+        else:
+            out.append(char)
+            if char == '"':
+                in_quote = True
+        index += 1
+    return "".join(out)
+
+
+def _unquote(token: str) -> str:
+    if len(token) >= 2 and token[0] == token[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", token[1:-1])
+    return token
+
+
+def _same_host(a: str, b: str) -> bool:
+    return a.strip().rstrip(".").lower() == b.strip().rstrip(".").lower()
+
+
+def authserv_id_of(value: str) -> Optional[str]:
+    """The authserv-id an Authentication-Results value claims, or None if it has none."""
+    text = _strip_comments(re.sub(r"[\r\n]", "", value)).strip()
+    match = re.match(r'"(?:[^"\\]|\\.)*"|[^\s;]+', text)
+    return _unquote(match.group(0)) if match else None
+
+
+def is_forged_authentication_results(value: str, config: Config) -> bool:
+    """RFC 8601 section 5: an A-R header already carrying our authserv-id is forged."""
+    claimed = authserv_id_of(value)
+    return claimed is not None and _same_host(claimed, config.authserv_id)
+
+
+_RECEIVER = re.compile(r'(?:^|[\s;])receiver\s*=\s*("(?:[^"\\]|\\.)*"|[^\s;]+)', re.IGNORECASE)
+
+
+def is_forged_received_spf(value: str, config: Config) -> bool:
+    """A Received-SPF header claiming our receiver= was not written by us for this message."""
+    text = _strip_comments(re.sub(r"[\r\n]", "", value))
+    return any(_same_host(_unquote(m.group(1)), config.receiver) for m in _RECEIVER.finditer(text))
+
+
+def is_forged(name: str, value: str, config: Config) -> bool:
+    lower = name.strip().lower()
+    if lower == AR_NAME.lower():
+        return is_forged_authentication_results(value, config)
+    if lower == RSPF_NAME.lower():
+        return is_forged_received_spf(value, config)
+    return False
+
+
+# --------------------------------------------------------------------------- log line
+
+_LOG_SAFE = re.compile(r"^[A-Za-z0-9._@+=:/\[\]<>!#$%&'*^`{|}~?-]+$")
+
+
+def _log_value(value: str) -> str:
+    text = clean(value)
+    return text if _LOG_SAFE.match(text) else quoted_string(text)
+
+
+def log_line(outcome: SpfOutcome, facts: Facts, config: Config, action: str,
+             reply: str = "") -> str:
+    """One line per verified identity, in the shape policyd-spf users grep for."""
+    parts = [
+        outcome.result.title,
+        f"identity={outcome.identity.value}",
+        f"client-ip={_log_value(facts.client_ip or 'unknown')}",
+        f"helo={_log_value(facts.helo or '')}",
+        f"envelope-from={_log_value(facts.sender or '<>')}",
+        f"receiver={_log_value(config.receiver)}",
+    ]
+    if outcome.mechanism:
+        parts.append(f"mechanism={_log_value(outcome.mechanism)}")
+    if outcome.problem:
+        parts.append(f"problem={_log_value(outcome.problem)}")
+    parts.append(f"action={action}")
+    if reply:
+        parts.append(f"reply={quoted_string(clean(reply, 512))}")
+    if facts.queue_id:
+        parts.append(f"queue-id={_log_value(facts.queue_id)}")
+    return "; ".join(parts)
+
+
+def skip_line(why: str, facts: Facts) -> str:
+    """The log line for a transaction that was not checked (trusted or authenticated client)."""
+    parts = [
+        "None",
+        f"skipped={_log_value(why)}",
+        f"client-ip={_log_value(facts.client_ip or 'local')}",
+        f"helo={_log_value(facts.helo or '')}",
+        f"envelope-from={_log_value(facts.sender or '<>')}",
+        "action=accept",
+    ]
+    if facts.queue_id:
+        parts.append(f"queue-id={_log_value(facts.queue_id)}")
+    return "; ".join(parts)

@@ -1,0 +1,279 @@
+"""The pymilter adapter: one object per SMTP connection, collecting facts and applying decisions.
+
+Nothing here decides anything.  The connection's facts go to
+:class:`~spfmilter.verify.Verifier`, the outcomes to :func:`~spfmilter.policy.decide`,
+and the header text comes from :mod:`spfmilter.headers`.
+
+Stages (all other stages are switched off in :meth:`SpfMilter.negotiate`):
+
+* connect, HELO, MAIL FROM and header lines need no reply (``@Milter.noreply``);
+  SPF is evaluated at MAIL FROM;
+* RCPT TO replies: a refusal is given here, recipient by recipient, so that
+  postmaster@ and abuse@ are never refused (RFC 5321 section 4.5.1);
+* end of message removes forged copies of our headers and prepends ours.
+
+Any exception in a callback is logged once with its traceback and answered with
+the configured ``on_error`` reply at the next stage that replies.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+import Milter
+
+from . import headers as hdr
+from .config import Config, ErrorAction
+from .dns import DnsClient
+from .policy import Action, Evaluation, Facts, evaluate, rcpt_reply
+from .text import clean
+from .verify import Verifier, normalise_ip, parse_envelope_address
+
+log = logging.getLogger("spfmilter")
+
+# Stages we never want; libmilter tells the MTA to skip them (fewer round trips).
+SKIPPED_STAGES = Milter.P_NOBODY | Milter.P_NOEOH | Milter.P_NODATA | Milter.P_NOUNKNOWN
+# Stages whose reply the MTA need not wait for.
+NO_REPLY_STAGES = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_HDR
+ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS
+
+
+@dataclass(frozen=True)
+class Service:
+    """What every connection shares: the config and the DNS client."""
+
+    config: Config
+    dns: DnsClient
+
+
+@dataclass
+class _Transaction:
+    """State of one MAIL FROM .. end-of-message (or abort) sequence."""
+
+    evaluation: Evaluation
+    forged: list = field(default_factory=list)  # (header name, per-name index)
+    header_counts: dict = field(default_factory=dict)
+    logged: bool = False
+
+    @property
+    def facts(self) -> Facts:
+        return self.evaluation.facts
+
+    @property
+    def checked(self) -> bool:
+        return self.evaluation.outcomes is not None
+
+
+def _guarded(stage: str, replies: bool):
+    """Run a callback so an exception never escapes into libmilter.
+
+    A failing no-reply callback marks the connection; the next replying stage then
+    answers with ``on_error``.  A failing replying callback answers at once.
+    """
+
+    def wrap(method: Callable):
+        @functools.wraps(method)
+        def run(self: "SpfMilter", *args):
+            if self._failed and replies:
+                return self._error_reply()
+            try:
+                return method(self, *args)
+            except Exception:
+                self._failed = True
+                log.exception("internal error in %s callback (%s); answering per on_error=%s",
+                              stage, self._ident(), self.service.config.on_error.value)
+                return self._error_reply() if replies else Milter.CONTINUE
+
+        return run
+
+    return wrap
+
+
+class SpfMilter(Milter.Base):
+    """One instance per SMTP connection (libmilter calls it from that connection's thread)."""
+
+    def __init__(self, service: Service):
+        super().__init__()
+        self.service = service
+        self.config = service.config
+        self._failed = False
+        self._client_ip: Optional[str] = None
+        self._client_name = ""
+        self._helo = ""
+        self._verifier = Verifier(service.dns, self.config.receiver, self.config.dns_timeout)
+        self._tx: Optional[_Transaction] = None
+        self._queue_id: Optional[str] = None
+
+    # ------------------------------------------------------------------ negotiation
+
+    def negotiate(self, opts):
+        """Skip the stages we never look at and mark the ones that need no reply."""
+        try:
+            offered_actions, offered_protocol, _, _ = opts
+            self._actions = offered_actions & ACTIONS
+            wanted = offered_protocol & (SKIPPED_STAGES | NO_REPLY_STAGES)
+            self._protocol = wanted
+            opts[0] = self._actions
+            opts[1] = wanted
+            opts[2] = 0
+            opts[3] = 0
+            return Milter.CONTINUE
+        except Exception:
+            log.exception("milter option negotiation failed")
+            return Milter.ALL_OPTS
+
+    # ------------------------------------------------------------------ callbacks
+
+    @Milter.noreply
+    @_guarded("connect", replies=False)
+    def connect(self, hostname, family, hostaddr):
+        self._client_name = clean(hostname or "", 255)
+        self._client_ip = None
+        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+            address = hostaddr[0] if isinstance(hostaddr, (tuple, list)) else hostaddr
+            try:
+                self._client_ip = normalise_ip(str(address))
+            except ValueError:
+                log.warning("cannot parse client address %r; treating the client as unknown",
+                            clean(str(address), 80))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @_guarded("helo", replies=False)
+    def hello(self, hostname):
+        self._helo = (hostname or "").strip()
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @_guarded("mail", replies=False)
+    def envfrom(self, sender, *params):
+        self._end_transaction("aborted")  # a new MAIL FROM implicitly ends the last one
+        self._update_queue_id()
+        address = parse_envelope_address(sender or "")
+        facts = Facts(
+            client_ip=self._client_ip,
+            helo=self._helo,
+            sender=address.text,
+            client_name=self._client_name,
+            auth_user=self.getsymval("{auth_authen}") or None,
+            queue_id=self._queue_id,
+        )
+        self._tx = _Transaction(evaluate(facts, self.config, self._verifier.verify))
+        return Milter.CONTINUE
+
+    @_guarded("rcpt", replies=True)
+    def envrcpt(self, recipient, *params):
+        tx = self._tx
+        self._update_queue_id()
+        if tx is None:
+            return Milter.CONTINUE
+        reply = rcpt_reply(tx.evaluation, recipient, self.config)
+        if not reply.refuses:
+            return Milter.CONTINUE
+        self.setreply(reply.code, reply.xcode, reply.text)
+        if not tx.logged:
+            self._log_outcomes(tx, reply.action.value, reply.reply)
+        return Milter.REJECT if reply.action is Action.REJECT else Milter.TEMPFAIL
+
+    @Milter.noreply
+    @_guarded("header", replies=False)
+    def header(self, name, value):
+        tx = self._tx
+        if tx is None or not tx.checked:
+            return Milter.CONTINUE
+        key = name.strip().lower()
+        if key in (hdr.AR_NAME.lower(), hdr.RSPF_NAME.lower()):
+            index = tx.header_counts[key] = tx.header_counts.get(key, 0) + 1
+            if hdr.is_forged(name, value, self.config):
+                tx.forged.append((name, index))
+        return Milter.CONTINUE
+
+    @_guarded("eom", replies=True)
+    def eom(self):
+        tx = self._tx
+        self._update_queue_id()
+        if tx is None:
+            return Milter.CONTINUE
+        if not tx.checked:
+            self._end_transaction("accept")
+            return Milter.CONTINUE
+        # Remove forged copies first, bottom-up, so the indexes of the others stay valid.
+        for name, index in sorted(tx.forged, key=lambda item: item[1], reverse=True):
+            self.chgheader(name, index, "")
+            log.info("removed forged %s header #%d%s", name, index, self._queue_suffix())
+        for name, value in reversed(hdr.spf_headers(*tx.evaluation.outcomes, tx.facts, self.config)):
+            self.addheader(name, value, 0)
+        action = "accept"
+        decision = tx.evaluation.decision
+        if decision.refuses:
+            # header-only mode: say what enforcement would have done; enforce mode:
+            # only exempt recipients (postmaster@, abuse@) got this far.
+            action = f"would-{decision.action.value}" if not self.config.enforce else "accept-exempt"
+        self._end_transaction(action)
+        return Milter.CONTINUE
+
+    def abort(self):
+        try:
+            self._end_transaction("aborted")
+        except Exception:
+            log.exception("internal error in abort callback (%s)", self._ident())
+        return Milter.CONTINUE
+
+    def close(self):
+        try:
+            self._end_transaction("aborted")
+        except Exception:
+            log.exception("internal error in close callback (%s)", self._ident())
+        return Milter.CONTINUE
+
+    # ------------------------------------------------------------------ helpers
+
+    def _error_reply(self):
+        if self.config.on_error is ErrorAction.ACCEPT:
+            return Milter.ACCEPT
+        try:
+            self.setreply("451", "4.3.0", "Temporary error in the SPF filter; please try again later")
+        except Exception:  # the reply text is ours; a failure here is libmilter's
+            pass
+        return Milter.TEMPFAIL
+
+    def _update_queue_id(self) -> None:
+        try:
+            queue_id = self.getsymval("i")
+        except Exception:
+            queue_id = None
+        if queue_id:
+            self._queue_id = clean(queue_id, 64)
+            tx = self._tx
+            if tx is not None and tx.facts.queue_id != self._queue_id:
+                tx.evaluation = replace(tx.evaluation, facts=replace(tx.facts, queue_id=self._queue_id))
+
+    def _queue_suffix(self) -> str:
+        return f" queue-id={self._queue_id}" if self._queue_id else ""
+
+    def _ident(self) -> str:
+        return f"client-ip={self._client_ip or 'unknown'}{self._queue_suffix()}"
+
+    def _log_outcomes(self, tx: _Transaction, action: str, reply: str = "") -> None:
+        tx.logged = True
+        evaluation = tx.evaluation
+        if evaluation.skip_reason is not None:
+            log.info("%s", hdr.skip_line(evaluation.skip_reason, tx.facts))
+            return
+        decided_by = evaluation.decision.identity
+        for outcome in evaluation.outcomes:
+            log.info("%s", hdr.log_line(outcome, tx.facts, self.config, action,
+                                        reply if outcome.identity is decided_by else ""))
+
+    def _end_transaction(self, action: str) -> None:
+        tx, self._tx = self._tx, None
+        if tx is None:
+            return
+        self._queue_id = None
+        if tx.logged:
+            return
+        reply = tx.evaluation.decision.reply if action.startswith("would-") else ""
+        self._log_outcomes(tx, action, reply)

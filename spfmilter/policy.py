@@ -1,0 +1,142 @@
+"""What to do with a message: a pure function of the SPF outcomes, the facts and the config."""
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+from typing import Optional
+
+from .config import Config, TempErrorAction
+from .text import reply_text
+from .verify import Identity, SpfOutcome, SpfResult, parse_envelope_address
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the MTA told us about one transaction."""
+
+    client_ip: Optional[str]  # None for local (unix-socket) or unknown clients
+    helo: str
+    sender: str  # as given in MAIL FROM, angle brackets stripped; "" is the null sender
+    client_name: str = ""
+    auth_user: Optional[str] = None  # {auth_authen}
+    queue_id: Optional[str] = None
+
+
+class Action(str, enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    DEFER = "defer"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    code: str = ""  # "550"
+    xcode: str = ""  # "5.7.23"
+    text: str = ""
+    identity: Optional[Identity] = None  # the identity whose result decided
+
+    @property
+    def refuses(self) -> bool:
+        return self.action is not Action.ACCEPT
+
+    @property
+    def reply(self) -> str:
+        return f"{self.code} {self.xcode} {self.text}" if self.refuses else ""
+
+
+ACCEPT = Decision(Action.ACCEPT)
+
+
+def trust_reason(facts: Facts, config: Config) -> Optional[str]:
+    """Why this client is not checked, or None when it must be."""
+    if facts.client_ip is None:
+        return "local client"
+    try:
+        address = ipaddress.ip_address(facts.client_ip)
+    except ValueError:
+        return None
+    for network in config.trusted_networks:
+        if address.version == network.version and address in network:
+            return f"trusted network {network}"
+    if config.trust_authenticated and facts.auth_user:
+        return "authenticated sender"
+    return None
+
+
+def decide(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config) -> Decision:
+    """The reply enforcement gives for this transaction (header-only mode logs it instead).
+
+    HELO is looked at first (RFC 7208 section 2.3).  A rejecting result of either
+    identity rejects; otherwise a temperror defers (when so configured) unless the
+    other identity passed.
+    """
+    for outcome in (helo, mailfrom):
+        if outcome.result.value in config.reject_results(outcome.identity.value):
+            return _reject(outcome, facts)
+    if config.temperror_action is TempErrorAction.DEFER:
+        for outcome, other in ((helo, mailfrom), (mailfrom, helo)):
+            if outcome.result is SpfResult.TEMPERROR and other.result is not SpfResult.PASS:
+                return Decision(Action.DEFER, "451", "4.7.24", reply_text(
+                    f"SPF temporary error for {_what(outcome)}: "
+                    f"{outcome.problem or 'DNS lookup failed'}; please try again later"), outcome.identity)
+    return ACCEPT
+
+
+def _what(outcome: SpfOutcome) -> str:
+    if outcome.identity is Identity.HELO:
+        return f"HELO {outcome.domain or outcome.sender}"
+    return f"{outcome.domain or 'sender'} (MAIL FROM {outcome.sender or '<>'})"
+
+
+def _reject(outcome: SpfOutcome, facts: Facts) -> Decision:
+    ip = facts.client_ip or "unknown"
+    if outcome.result is SpfResult.PERMERROR:
+        # RFC 7372 section 3.2: 5.7.24 is an SPF validation error.
+        text = f"SPF permanent error for {_what(outcome)}: {outcome.problem or 'invalid SPF record'}"
+        return Decision(Action.REJECT, "550", "5.7.24", reply_text(text), outcome.identity)
+    if outcome.result is SpfResult.FAIL and outcome.explanation:
+        # RFC 7208 section 8.4: say that the text comes from the sender's domain.
+        text = f"SPF fail for {_what(outcome)}; {outcome.domain} explains: {outcome.explanation}"
+    elif outcome.result is SpfResult.NONE:
+        text = f"SPF none for {_what(outcome)}: no SPF policy, and this server requires one"
+    else:
+        text = (f"SPF {outcome.result.value} for {_what(outcome)}: "
+                f"{ip} is not authorized to send for {outcome.domain or outcome.sender}")
+    # RFC 7372 section 3.2: 5.7.23 means SPF validation failed.
+    return Decision(Action.REJECT, "550", "5.7.23", reply_text(text), outcome.identity)
+
+
+def is_exempt_recipient(recipient: str, config: Config) -> bool:
+    """postmaster@ and friends are never refused (RFC 5321 section 4.5.1, RFC 2142)."""
+    address = parse_envelope_address(recipient)
+    local = address.local.lower() if address.domain else address.text.lower()
+    full = address.text.lower()
+    return any(item == full if "@" in item else item == local for item in config.exempt_recipients)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything known about a transaction once MAIL FROM has been seen."""
+
+    facts: Facts
+    skip_reason: Optional[str] = None  # set when the client is trusted and nothing was checked
+    outcomes: Optional[tuple] = None  # (helo, mailfrom) SpfOutcomes
+    decision: Decision = ACCEPT
+
+
+def evaluate(facts: Facts, config: Config, verify) -> Evaluation:
+    """Trust check, then SPF for both identities (``verify(ip, helo, sender)``), then decide."""
+    why = trust_reason(facts, config)
+    if why is not None:
+        return Evaluation(facts, skip_reason=why)
+    outcomes = verify(facts.client_ip, facts.helo, facts.sender)
+    return Evaluation(facts, outcomes=outcomes, decision=decide(*outcomes, facts, config))
+
+
+def rcpt_reply(evaluation: Evaluation, recipient: str, config: Config) -> Decision:
+    """The answer to one RCPT TO: the refusal, unless header-only mode or an exempt recipient."""
+    if not evaluation.decision.refuses or not config.enforce or is_exempt_recipient(recipient, config):
+        return ACCEPT
+    return evaluation.decision

@@ -1,0 +1,93 @@
+"""Making untrusted text (HELO names, addresses, DNS explanation strings) safe to emit.
+
+Everything that came from the network passes through here before it reaches a
+header, an SMTP reply or a log line: control characters (CR, LF, NUL, TAB, DEL,
+C1 controls, Unicode line separators, undecodable bytes) become ``?``, and length
+is capped so a hostile value can neither break the syntax nor make a line
+longer than RFC 5322 section 2.1.1 allows.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+REPLY_TEXT_LIMIT = 400  # an SMTP reply line is at most 512 octets (RFC 5321 section 4.5.3.1.5)
+VALUE_LIMIT = 256
+
+
+def clean(text: object, limit: int = VALUE_LIMIT) -> str:
+    """Printable text: every control or unassigned character replaced by ``?``, length capped."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = str(text)
+    out = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category[0] == "C" or category in ("Zl", "Zp"):
+            out.append("?")  # controls, format chars, surrogates (undecodable bytes), unassigned
+        elif category == "Zs":
+            out.append(" ")
+        else:
+            out.append(char)
+    result = "".join(out)
+    if len(result) > limit:
+        result = result[: max(0, limit - 3)] + "..."
+    return result
+
+
+def reply_text(text: str, limit: int = REPLY_TEXT_LIMIT) -> str:
+    """Text for an SMTP reply: printable ASCII only, no '%' (libmilter treats it specially)."""
+    ascii_text = "".join(c if 32 <= ord(c) < 127 else "?" for c in clean(text, limit * 2))
+    ascii_text = ascii_text.replace("%", "?")
+    ascii_text = re.sub(r"\s+", " ", ascii_text).strip()
+    if len(ascii_text) > limit:
+        ascii_text = ascii_text[: limit - 3] + "..."
+    return ascii_text
+
+
+# RFC 5322 section 3.2.3: atext, and dot-atom-text = 1*atext *("." 1*atext)
+_DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+
+
+def is_dot_atom(text: str) -> bool:
+    return bool(_DOT_ATOM.match(text))
+
+
+def quoted_string(text: str) -> str:
+    """RFC 5322 section 3.2.4 quoted-string; backslash and DQUOTE become quoted-pairs."""
+    return '"' + re.sub(r'(["\\])', r"\\\1", text) + '"'
+
+
+def dot_atom_or_quoted(text: str, limit: int = VALUE_LIMIT) -> str:
+    value = clean(text, limit)
+    return value if is_dot_atom(value) else quoted_string(value)
+
+
+def comment_text(text: str, limit: int = VALUE_LIMIT) -> str:
+    """Content for an RFC 5322 comment: parentheses and backslashes become quoted-pairs."""
+    return re.sub(r"([()\\])", r"\\\1", clean(text, limit))
+
+
+def fold(name: str, value: str, width: int = 78) -> str:
+    """Fold a header value at existing spaces (RFC 5322 section 2.2.3).
+
+    A line break is only inserted before a space, so unfolding gives back the exact
+    value; libmilter wants bare LF for folding (the MTA writes CRLF).
+    """
+    lines: list[str] = []
+    current = f"{name}: "
+    prefix_len = len(current)
+    words = value.split(" ")
+    line = ""
+    for index, word in enumerate(words):
+        piece = word if index == 0 else " " + word
+        if line and prefix_len + len(line) + len(piece) > width:
+            lines.append(line)
+            line = piece if piece.startswith(" ") else " " + piece
+            prefix_len = 0
+        else:
+            line += piece
+    lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""SPF verification of the HELO and MAIL FROM identities (RFC 7208), on pyspf.
+
+pyspf supplies the evaluation itself (mechanisms, macros, ``exp=``, the limits of
+section 4.6.4).  This module feeds it the right identities, routes every DNS
+lookup through our :class:`~spfmilter.dns.DnsClient` under one time budget per
+transaction, and turns its answers into :class:`SpfOutcome` values.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import re
+import time
+from dataclasses import dataclass, replace
+from functools import reduce
+from typing import Callable, Optional
+
+import spf
+
+from .config import is_hostname
+from .dns import DnsClient, DnsTempError
+
+log = logging.getLogger("spfmilter.verify")
+
+
+class SpfResult(str, enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    SOFTFAIL = "softfail"
+    NEUTRAL = "neutral"
+    NONE = "none"
+    PERMERROR = "permerror"
+    TEMPERROR = "temperror"
+
+    @property
+    def title(self) -> str:
+        """The capitalised form policyd-spf style logs use (``Pass``, ``PermError``)."""
+        return {"softfail": "Softfail", "permerror": "PermError", "temperror": "TempError"}.get(
+            self.value, self.value.capitalize())
+
+
+class Identity(str, enum.Enum):
+    HELO = "helo"  # RFC 7208 section 2.3
+    MAILFROM = "mailfrom"  # RFC 7208 section 2.4
+
+
+@dataclass(frozen=True)
+class SpfOutcome:
+    identity: Identity
+    result: SpfResult
+    domain: str  # the domain whose policy was evaluated ("" when none could be)
+    sender: str  # the identity as checked: MAIL FROM address, or postmaster@<helo>
+    mechanism: Optional[str] = None  # the term that matched; "default" when none did
+    explanation: Optional[str] = None  # the domain's own exp= text (fail only)
+    problem: Optional[str] = None  # why: permerror/temperror detail, or why no check was made
+
+
+class _Deadline:
+    """A per-transaction DNS time budget, shared by the HELO and MAIL FROM checks."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.at = clock() + seconds
+
+
+class _Query(spf.query):
+    """pyspf's query, with every DNS lookup sent through our DnsClient under a deadline."""
+
+    def __init__(self, ip: str, sender: str, helo: str, client: DnsClient, deadline: _Deadline,
+                 receiver: str):
+        super().__init__(ip, sender, helo, receiver=receiver, querytime=0)
+        self._client = client
+        self._deadline = deadline
+
+    def dns(self, name, qtype, cnames=None, ignore_void=False):  # noqa: D401 - pyspf's hook
+        """Look ``name`` up; count void lookups as RFC 7208 section 4.6.4 asks."""
+        name = str(name).rstrip(".")
+        # pyspf treats names with empty or over-long labels as giving no data.
+        if not name or not reduce(lambda ok, label: ok and 0 < len(label) < 64, name.split("."), True):
+            return []
+        try:
+            answer = self._client.lookup(name, qtype, self._deadline.at)
+        except DnsTempError as exc:
+            raise spf.TempError(str(exc)) from None
+        result = list(answer.values)
+        if not result and not ignore_void:
+            self.void_lookups += 1
+            if self.void_lookups > spf.MAX_VOID_LOOKUPS:
+                raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
+        return result
+
+
+@dataclass(frozen=True)
+class Address:
+    """An envelope address split for SPF; ``local`` is "" for the null sender."""
+
+    local: str
+    domain: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.local}@{self.domain}" if self.domain else self.local
+
+
+def parse_envelope_address(raw: str) -> Address:
+    """Strip angle brackets and any source route (RFC 5321 section 4.1.2) from MAIL FROM.
+
+    The split is at the last '@' so quoted local parts such as ``"a@b"@example.org``
+    keep their domain; an address with no '@' has an empty domain.
+    """
+    text = raw.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    if text.startswith("@") and ":" in text:  # <@relay1,@relay2:user@domain>
+        text = text.split(":", 1)[1]
+    local, at, domain = text.rpartition("@")
+    if not at:
+        return Address(text, "")
+    return Address(local, domain.rstrip("."))
+
+
+def is_spf_domain(domain: str) -> bool:
+    """RFC 7208 section 4.3: only a multi-label, well-formed domain name is checked."""
+    if not is_hostname(domain) or "." not in domain.rstrip("."):
+        return False
+    top = domain.rstrip(".").rsplit(".", 1)[-1]
+    return not top.isdigit()  # "192.0.2.1" is an address, not a domain
+
+
+def normalise_ip(text: str) -> str:
+    """Client address as text, with IPv4-mapped IPv6 turned back into IPv4."""
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+class Verifier:
+    """Evaluates SPF for one client; the HELO outcome is reused across transactions."""
+
+    def __init__(self, client: DnsClient, receiver: str, budget: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self._client = client
+        self._receiver = receiver
+        self._budget = budget
+        self._clock = clock
+        self._helo_cache: dict[tuple[str, str], SpfOutcome] = {}
+
+    def verify(self, ip: str, helo: str, sender: str) -> tuple[SpfOutcome, SpfOutcome]:
+        """Both identities for one transaction, within one DNS time budget."""
+        deadline = _Deadline(self._budget, self._clock)
+        helo_outcome = self._helo(ip, helo, deadline)
+        address = parse_envelope_address(sender)
+        if not address.text:
+            # RFC 7208 section 2.4: the null sender is checked as postmaster@<helo>,
+            # which is exactly the HELO check.
+            mailfrom = replace(helo_outcome, identity=Identity.MAILFROM)
+        else:
+            mailfrom = self._check(Identity.MAILFROM, ip, helo, address, deadline)
+        return helo_outcome, mailfrom
+
+    def _helo(self, ip: str, helo: str, deadline: _Deadline) -> SpfOutcome:
+        key = (ip, helo.lower())
+        cached = self._helo_cache.get(key)
+        if cached is not None:
+            return cached
+        outcome = self._check(Identity.HELO, ip, helo, Address("postmaster", helo.rstrip(".")), deadline)
+        if outcome.result is not SpfResult.TEMPERROR:
+            self._helo_cache = {key: outcome}  # one HELO per connection at a time
+        return outcome
+
+    def _check(self, identity: Identity, ip: str, helo: str, address: Address,
+               deadline: _Deadline) -> SpfOutcome:
+        sender = address.text
+        if identity is Identity.HELO and not is_spf_domain(address.domain):
+            return SpfOutcome(identity, SpfResult.NONE, "", sender,
+                              problem="HELO name is not a fully qualified domain name")
+        if identity is Identity.MAILFROM and not address.domain:
+            return SpfOutcome(identity, SpfResult.NONE, "", sender,
+                              problem="envelope sender has no domain")
+        if not is_spf_domain(address.domain):
+            return SpfOutcome(identity, SpfResult.NONE, address.domain, sender,
+                              problem="sender domain is not a valid domain name")
+        local = address.local or "postmaster"  # RFC 7208 section 4.3
+        try:
+            query = _Query(ip, f"{local}@{address.domain}", helo, self._client, deadline, self._receiver)
+            result, _code, explanation = query.check()
+        except Exception as exc:  # pyspf bug or hostile data it did not expect
+            log.exception("SPF evaluation of %s for %s failed", address.domain, identity.value)
+            return SpfOutcome(identity, SpfResult.TEMPERROR, address.domain, sender,
+                              problem=f"internal error in SPF evaluation: {exc.__class__.__name__}")
+        try:
+            spf_result = SpfResult(result)
+        except ValueError:  # "ambiguous" only occurs in pyspf's harsh mode
+            spf_result = SpfResult.PERMERROR
+        mechanism = getattr(query, "mechanism", None)
+        problem = getattr(query, "prob", None) if spf_result in (SpfResult.PERMERROR, SpfResult.TEMPERROR) else None
+        domain_exp = None
+        if spf_result is SpfResult.FAIL and explanation and explanation != query.defexps.get("fail"):
+            domain_exp = explanation
+        if spf_result in (SpfResult.PASS, SpfResult.FAIL, SpfResult.SOFTFAIL, SpfResult.NEUTRAL):
+            mechanism = _mechanism_text(mechanism)
+        else:
+            mechanism = None
+        return SpfOutcome(identity, spf_result, address.domain, sender, mechanism=mechanism,
+                          explanation=domain_exp, problem=problem)
+
+
+def _mechanism_text(mechanism) -> str:
+    """The matching term as text; RFC 7208 section 9.1 calls no match ``default``."""
+    if not mechanism:
+        return "default"
+    text = str(mechanism)
+    return re.sub(r"\s+", " ", text)
