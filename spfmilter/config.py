@@ -317,8 +317,8 @@ KEYS: tuple[Key, ...] = (
     Key("mailfrom_reject_results", parse_results, "fail",
         "MAIL FROM results that reject (same choices as helo_reject_results)."),
     Key("temperror_action", _enum_parser(TempErrorAction), "defer",
-        "What a temperror does in enforce mode: `defer` (451 4.7.24) or `accept`. "
-        "No deferral when the other identity passed."),
+        "What a MAIL FROM temperror does in enforce mode: `defer` (451 4.7.24) or `accept`. "
+        "A HELO temperror alone never defers."),
     Key("exempt_recipients", parse_recipients, "postmaster, abuse",
         "Recipients never refused (RFC 5321 section 4.5.1): local parts, or full addresses."),
     Key("dns_timeout", parse_timeout, "10",

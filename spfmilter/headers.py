@@ -43,13 +43,23 @@ def reason(outcome: SpfOutcome, client_ip: Optional[str]) -> str:
             return f"temporary error checking {domain}: {outcome.problem or 'DNS failure'}"
 
 
+def _ascii(text: str) -> str:
+    """Cleaned text with every non-ASCII character replaced by ``?``.
+
+    Header fields are US-ASCII (RFC 5322 section 2.2); UTF-8 is only allowed in
+    SMTPUTF8 messages (RFC 6532 section 3), which we cannot tell apart, and
+    authres' parser rejects it.
+    """
+    return "".join(char if char < "\x80" else "?" for char in clean(text))
+
+
 def _pvalue(text: str) -> str:
     """A property value authres will emit safely (RFC 8601 section 2.2 ``pvalue``).
 
     authres quotes values without '@' itself but passes values containing '@'
     through untouched, so those are made well-formed here.
     """
-    value = clean(text)
+    value = _ascii(text)
     if "@" not in value:
         return value
     local, _, domain = value.rpartition("@")
@@ -62,10 +72,10 @@ def authentication_results(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts,
     """The value of our Authentication-Results header: one spf result per identity."""
     results = [
         authres.SPFAuthenticationResult(
-            result=helo.result.value, result_comment=comment_text(reason(helo, facts.client_ip)),
+            result=helo.result.value, result_comment=comment_text(_ascii(reason(helo, facts.client_ip))),
             smtp_helo=_pvalue(facts.helo) or "unknown"),
         authres.SPFAuthenticationResult(
-            result=mailfrom.result.value, result_comment=comment_text(reason(mailfrom, facts.client_ip)),
+            result=mailfrom.result.value, result_comment=comment_text(_ascii(reason(mailfrom, facts.client_ip))),
             smtp_mailfrom=_pvalue(mailfrom.sender) or "unknown"),
     ]
     header = authres.AuthenticationResultsHeader(authserv_id=config.authserv_id, results=results)
@@ -74,13 +84,13 @@ def authentication_results(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts,
 
 def _kv(key: str, value: str) -> str:
     """RFC 7208 section 9.1 key-value-pair: key=dot-atom or quoted-string."""
-    text = clean(value)
+    text = _ascii(value)
     return f"{key}={text if is_dot_atom(text) else quoted_string(text)}"
 
 
 def received_spf(outcome: SpfOutcome, facts: Facts, config: Config) -> str:
     """The value of a Received-SPF header for one identity."""
-    comment = comment_text(f"{config.receiver}: {reason(outcome, facts.client_ip)}")
+    comment = comment_text(_ascii(f"{config.receiver}: {reason(outcome, facts.client_ip)}"))
     pairs = [
         _kv("receiver", config.receiver),
         _kv("client-ip", facts.client_ip or "unknown"),
@@ -168,13 +178,17 @@ def is_forged_authentication_results(value: str, config: Config) -> bool:
     return claimed is not None and _same_host(claimed, config.authserv_id)
 
 
-_RECEIVER = re.compile(r'(?:^|[\s;])receiver\s*=\s*("(?:[^"\\]|\\.)*"|[^\s;]+)', re.IGNORECASE)
+# A quoted-string is matched (and skipped) as a whole, so "receiver=" inside another
+# key's value (helo="x receiver=mx.test", chosen by the client) is not taken for the key.
+_RECEIVER = re.compile(
+    r'"(?:[^"\\]|\\.)*"|(?:^|(?<=[\s;]))receiver\s*=\s*("(?:[^"\\]|\\.)*"|[^\s;]+)', re.IGNORECASE)
 
 
 def is_forged_received_spf(value: str, config: Config) -> bool:
     """A Received-SPF header claiming our receiver= was not written by us for this message."""
     text = _strip_comments(re.sub(r"[\r\n]", "", value))
-    return any(_same_host(_unquote(m.group(1)), config.receiver) for m in _RECEIVER.finditer(text))
+    return any(m.group(1) is not None and _same_host(_unquote(m.group(1)), config.receiver)
+               for m in _RECEIVER.finditer(text))
 
 
 def is_forged(name: str, value: str, config: Config) -> bool:

@@ -69,18 +69,18 @@ def decide(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config)
     """The reply enforcement gives for this transaction (header-only mode logs it instead).
 
     HELO is looked at first (RFC 7208 section 2.3).  A rejecting result of either
-    identity rejects; otherwise a temperror defers (when so configured) unless the
-    other identity passed.
+    identity rejects.  Otherwise a MAIL FROM temperror defers when so configured
+    (RFC 7208 section 8.6, RFC 7372 4.7.24); for the null sender the MAIL FROM
+    identity is the HELO check, so its temperror defers too.  A HELO temperror
+    alone does not defer: the HELO result only acts through helo_reject_results.
     """
     for outcome in (helo, mailfrom):
         if outcome.result.value in config.reject_results(outcome.identity.value):
             return _reject(outcome, facts)
-    if config.temperror_action is TempErrorAction.DEFER:
-        for outcome, other in ((helo, mailfrom), (mailfrom, helo)):
-            if outcome.result is SpfResult.TEMPERROR and other.result is not SpfResult.PASS:
-                return Decision(Action.DEFER, "451", "4.7.24", reply_text(
-                    f"SPF temporary error for {_what(outcome)}: "
-                    f"{outcome.problem or 'DNS lookup failed'}; please try again later"), outcome.identity)
+    if config.temperror_action is TempErrorAction.DEFER and mailfrom.result is SpfResult.TEMPERROR:
+        return Decision(Action.DEFER, "451", "4.7.24", reply_text(
+            f"SPF temporary error for {_what(mailfrom)}: "
+            f"{mailfrom.problem or 'DNS lookup failed'}; please try again later"), mailfrom.identity)
     return ACCEPT
 
 

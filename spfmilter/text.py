@@ -79,13 +79,15 @@ def fold(name: str, value: str, width: int = 78) -> str:
     lines: list[str] = []
     current = f"{name}: "
     prefix_len = len(current)
-    words = value.split(" ")
+    # Each run of spaces stays with the word after it and a break goes before the run,
+    # so no line is white space only: RFC 5322 section 3.2.2 does not allow that (only
+    # the obsolete syntax of section 4.2 does).  Trailing spaces stay on the last line.
+    pieces = re.findall(r" *[^ ]+| +", value)
     line = ""
-    for index, word in enumerate(words):
-        piece = word if index == 0 else " " + word
-        if line and prefix_len + len(line) + len(piece) > width:
+    for piece in pieces:
+        if line and piece.strip() and prefix_len + len(line) + len(piece) > width:
             lines.append(line)
-            line = piece if piece.startswith(" ") else " " + piece
+            line = piece
             prefix_len = 0
         else:
             line += piece

@@ -521,6 +521,10 @@ class MilterClient:
     macros the milter listed for a stage in its negotiation reply (stages for
     which it listed nothing get everything given).
 
+    After a :class:`MilterClosed` or :class:`MilterProtocolError` the socket
+    is closed (the stream is dead or out of sync); after a
+    :class:`MilterTimeout` it stays open (a late reply may still arrive).
+
     Every packet sent and received is appended to ``transcript`` as
     ``(direction, cmd, data)`` with direction ``"send"`` or ``"recv"``.
     """
@@ -690,6 +694,7 @@ class MilterClient:
         except socket.timeout as e:
             raise MilterTimeout(f"timed out after {self.timeout}s sending to milter") from e
         except (BrokenPipeError, ConnectionResetError) as e:
+            self.close()
             raise MilterClosed(f"milter closed the connection (while sending): {e}") from e
         except OSError as e:
             raise MilterError(f"error sending to milter: {e}") from e
@@ -734,6 +739,14 @@ class MilterClient:
         return bytes(buf)
 
     def _read_packet(self, context: str) -> tuple[bytes, bytes]:
+        try:
+            return self._read_packet_inner(context)
+        except (MilterClosed, MilterProtocolError):
+            # the stream is dead or out of sync: nothing sensible can follow
+            self.close()
+            raise
+
+    def _read_packet_inner(self, context: str) -> tuple[bytes, bytes]:
         (length,) = struct.unpack(">I", self._recv_exact(4, context))
         if length == 0:
             raise MilterProtocolError(f"milter sent a zero-length packet {context}".rstrip())
@@ -762,12 +775,18 @@ class MilterClient:
                 return Reply(action)
             if cmd in _MOD_REPLIES:
                 if mods is None:
+                    self.close()
                     raise MilterProtocolError(
                         f"milter sent modification {cmd!r} {context} "
                         f"(only allowed at end of message): data={data[:120]!r}"
                     )
-                mods.append(self._decode_mod(cmd, data))
+                try:
+                    mods.append(self._decode_mod(cmd, data))
+                except MilterProtocolError:
+                    self.close()
+                    raise
                 continue
+            self.close()
             raise MilterProtocolError(
                 f"unexpected reply command {cmd!r} (0x{cmd[0]:02x}) {context}; "
                 f"data={data[:120]!r}"

@@ -185,6 +185,22 @@ def make_fake():
         f.close()
 
 
+@pytest.fixture(autouse=True)
+def _close_clients(monkeypatch):
+    """Close every client a test created (warnings are errors in this suite)."""
+    created = []
+    orig_init = MilterClient.__init__
+
+    def init(self, *a, **kw):
+        orig_init(self, *a, **kw)
+        created.append(self)
+
+    monkeypatch.setattr(MilterClient, "__init__", init)
+    yield
+    for c in created:
+        c.close()
+
+
 @pytest.fixture
 def short_tmp():
     # AF_UNIX paths are limited to ~107 bytes; pytest's tmp_path may be long.
@@ -559,6 +575,7 @@ def test_garbage_reply_command(make_fake):
     c.open()
     with pytest.raises(MilterProtocolError) as ei:
         c.helo("x")
+    assert not c.is_open  # out of sync: the client closed the socket
     msg = str(ei.value)
     assert "b'Z'" in msg and "0x5a" in msg and "junk" in msg and "helo" in msg
 
@@ -590,6 +607,7 @@ def test_timeout(make_fake):
         c.helo("x")
     assert 0.25 <= time.monotonic() - t0 < 2.0
     assert isinstance(ei.value, MilterError) and isinstance(ei.value, TimeoutError)
+    assert c.is_open  # a timeout leaves the socket open
     c.close()
 
 

@@ -1,0 +1,393 @@
+"""The milter through a real socket, driven by a milter-protocol client, resolving via a local DNS server.
+
+Each test starts its own spfmilter process (fixture ``start_milter``) and talks to
+it the way Postfix does: option negotiation, macros before each stage, connect,
+HELO, MAIL, RCPT, headers, end of message.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import authres
+import pytest
+
+from tests.support.milterclient import MilterClient
+
+CLIENT_IP = "192.0.2.7"
+
+
+def zones(dns):
+    """A small world of SPF policies; every test gets a fresh DNS server."""
+    dns.add("pass.example", "TXT", "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8:7::/48 -all")
+    dns.add("fail.example", "TXT", "v=spf1 ip4:198.51.100.1 -all")
+    dns.add("softfail.example", "TXT", "v=spf1 ~all")
+    dns.add("neutral.example", "TXT", "v=spf1 ?all")
+    dns.add("none.example", "A", "192.0.2.99")  # exists, no SPF record
+    dns.add("permerror.example", "TXT", "v=spf1 ip4:192.0.2.0/24 bogus:thing -all")
+    dns.add("temperror.example", "TXT", "v=spf1 -all")
+    dns.fault("temperror.example", "servfail")
+    dns.add("exp.example", "TXT", "v=spf1 -all exp=explain.exp.example")
+    dns.add("explain.exp.example", "TXT", "Mail from %{d} must come through our servers, see https://exp.example/spf")
+    dns.add("helo.example", "TXT", "v=spf1 a -all")
+    dns.add("helo.example", "A", CLIENT_IP)
+    dns.add("badhelo.example", "TXT", "v=spf1 -all")
+
+
+def run(milter, sender="<a@pass.example>", rcpts=("<b@mx.test>",), *, ip=CLIENT_IP, helo="helo.example",
+        family="4", headers=(), mail_macros=None, eom_macros=None, client=None):
+    """One transaction; returns (replies dict, eom mods or None, client)."""
+    own = client is None
+    if own:
+        client = milter.client()
+        client.connect(f"[{ip}]", ip, port=40000, family=family, macros={"j": "mx.test"})
+        client.helo(helo)
+    replies = {"mail": client.mail(sender, macros=mail_macros or {})}
+    replies["rcpt"] = [client.rcpt(r) for r in rcpts]
+    mods = None
+    if any(r.action in ("continue", "noreply", "skipped") for r in replies["rcpt"]):
+        client.data()
+        for name, value in headers:
+            client.header(name, value)
+        client.eoh()
+        replies["eom"], mods = client.eom(macros=eom_macros or {"i": "QID123"})
+    else:
+        client.abort()
+    if own:
+        client.quit()
+    return replies, mods, client
+
+
+def added_headers(mods):
+    """Headers we inserted, as (name, value) with folding undone."""
+    out = []
+    for mod in mods:
+        if mod[0] == "insheader":
+            out.append((mod[2], mod[3].replace("\n", "")))
+        elif mod[0] == "addheader":
+            out.append((mod[1], mod[2].replace("\n", "")))
+    return out
+
+
+def ar_results(mods):
+    """{'helo': (result, value), 'mailfrom': (result, value)} from our A-R header."""
+    [(name, value)] = [h for h in added_headers(mods) if h[0] == "Authentication-Results"]
+    parsed = authres.AuthenticationResultsHeader.parse(f"{name}: {value}")
+    assert parsed.authserv_id == "mx.test"
+    found = {}
+    for result in parsed.results:
+        assert result.method == "spf"
+        prop = result.properties[0]
+        found[prop.name] = (result.result, prop.value)
+    return found
+
+
+@pytest.fixture
+def milter(start_milter, dns_server):
+    zones(dns_server)
+    return start_milter()
+
+
+@pytest.mark.parametrize("domain,expected", [
+    ("pass.example", "pass"),
+    ("fail.example", "fail"),
+    ("softfail.example", "softfail"),
+    ("neutral.example", "neutral"),
+    ("none.example", "none"),
+    ("nxdomain.example", "none"),
+    ("permerror.example", "permerror"),
+    ("temperror.example", "temperror"),
+])
+def test_every_mailfrom_result_in_header_only_mode(milter, domain, expected):
+    replies, mods, _ = run(milter, sender=f"<someone@{domain}>")
+    assert all(r.action in ("continue", "noreply") for r in replies["rcpt"])  # header-only never refuses
+    assert replies["eom"].action == "continue"
+    results = ar_results(mods)
+    assert results["mailfrom"] == (expected, f"someone@{domain}")
+    assert results["helo"] == ("pass", "helo.example")
+    # our header goes on top
+    assert [m[0] for m in mods] == ["insheader"] and mods[0][1] == 0
+
+
+@pytest.mark.parametrize("helo,expected", [
+    ("helo.example", "pass"),
+    ("badhelo.example", "fail"),
+    ("softfail.example", "softfail"),
+    ("permerror.example", "permerror"),
+    ("temperror.example", "temperror"),
+    ("[192.0.2.7]", "none"),
+    ("localhost", "none"),
+])
+def test_every_helo_result(milter, helo, expected):
+    _, mods, _ = run(milter, helo=helo)
+    assert ar_results(mods)["helo"] == (expected, helo)
+
+
+def test_would_reject_is_logged_in_header_only_mode(milter):
+    replies, mods, _ = run(milter, sender="<x@fail.example>")
+    assert replies["rcpt"][0].action in ("continue", "noreply")
+    assert ar_results(mods)["mailfrom"][0] == "fail"
+    lines = milter.log_lines("identity=mailfrom")
+    assert len(lines) == 1
+    line = lines[0]
+    assert "Fail; identity=mailfrom; client-ip=192.0.2.7; helo=helo.example; envelope-from=x@fail.example;" in line
+    assert "action=would-reject" in line
+    assert 'reply="550 5.7.23 ' in line
+    assert "queue-id=QID123" in line
+
+
+def test_enforce_rejects_fail_with_rfc7372_code_but_not_postmaster(start_milter, dns_server):
+    zones(dns_server)
+    milter = start_milter("mode = enforce")
+    replies, mods, _ = run(milter, sender="<x@fail.example>",
+                           rcpts=("<b@mx.test>", "<postmaster@mx.test>", "<Abuse@mx.test>", "<c@mx.test>"))
+    codes = [(r.action, r.code, r.xcode) for r in replies["rcpt"]]
+    assert codes[0] == ("replycode", 550, "5.7.23")
+    assert codes[1][0] in ("continue", "noreply") and codes[2][0] in ("continue", "noreply")
+    assert codes[3] == ("replycode", 550, "5.7.23")
+    assert "x@fail.example" in replies["rcpt"][0].text and "192.0.2.7" in replies["rcpt"][0].text
+    assert ar_results(mods)["mailfrom"][0] == "fail"  # the postmaster copy still gets headers
+    assert "action=reject" in milter.log_lines("identity=mailfrom")[0]
+
+
+def test_enforce_uses_the_domains_explanation(start_milter, dns_server):
+    zones(dns_server)
+    milter = start_milter("mode = enforce")
+    replies, _, _ = run(milter, sender="<x@exp.example>")
+    reply = replies["rcpt"][0]
+    assert (reply.code, reply.xcode) == (550, "5.7.23")
+    assert "exp.example explains: Mail from exp.example must come through our servers" in reply.text
+
+
+def test_enforce_helo_fail_rejects_even_when_mailfrom_passes(start_milter, dns_server):
+    zones(dns_server)
+    milter = start_milter("mode = enforce")
+    replies, _, _ = run(milter, helo="badhelo.example", sender="<a@pass.example>")
+    reply = replies["rcpt"][0]
+    assert (reply.code, reply.xcode) == (550, "5.7.23")
+    assert "HELO badhelo.example" in reply.text
+
+
+@pytest.mark.parametrize("extra,domain,expected", [
+    ("mailfrom_reject_results = fail, permerror", "permerror.example", (550, "5.7.24")),
+    ("", "permerror.example", None),
+    ("", "temperror.example", (451, "4.7.24")),
+    ("temperror_action = accept", "temperror.example", None),
+    ("mailfrom_reject_results = fail, softfail", "softfail.example", (550, "5.7.23")),
+    ("mailfrom_reject_results = none", "none.example", (550, "5.7.23")),
+    ("mailfrom_reject_results = neutral", "neutral.example", (550, "5.7.23")),
+    ("", "softfail.example", None),
+    ("", "pass.example", None),
+])
+def test_enforce_policy_table(start_milter, dns_server, extra, domain, expected):
+    zones(dns_server)
+    milter = start_milter("mode = enforce\n" + extra)
+    replies, _, _ = run(milter, sender=f"<x@{domain}>")
+    reply = replies["rcpt"][0]
+    if expected is None:
+        assert reply.action in ("continue", "noreply")
+    else:
+        assert (reply.action, reply.code, reply.xcode) == ("replycode", *expected)
+
+
+def test_null_sender_is_checked_as_postmaster_at_helo(milter):
+    _, mods, _ = run(milter, sender="<>", helo="badhelo.example")
+    results = ar_results(mods)
+    assert results["mailfrom"] == ("fail", "postmaster@badhelo.example")
+    assert results["helo"] == ("fail", "badhelo.example")
+
+
+def test_ipv6_client_and_ipv4_mapped_address(milter):
+    _, mods, _ = run(milter, ip="2001:db8:7::25", family="6")
+    assert ar_results(mods)["mailfrom"][0] == "pass"
+    _, mods, _ = run(milter, ip="2001:db8:8::25", family="6")
+    assert ar_results(mods)["mailfrom"][0] == "fail"
+    _, mods, _ = run(milter, ip="::ffff:192.0.2.7", family="6")
+    assert ar_results(mods)["mailfrom"][0] == "pass"
+    assert "client-ip=192.0.2.7;" in milter.log_lines("identity=mailfrom")[-1]
+
+
+def test_include_redirect_macros_and_mx(start_milter, dns_server):
+    dns_server.add("inc.example", "TXT", "v=spf1 include:_spf.inc.example -all")
+    dns_server.add("_spf.inc.example", "TXT", "v=spf1 redirect=_net.inc.example")
+    dns_server.add("_net.inc.example", "TXT", "v=spf1 mx:mail.inc.example exists:%{i}._ip.inc.example -all")
+    dns_server.add("mail.inc.example", "MX", "10 mx1.inc.example")
+    dns_server.add("mx1.inc.example", "A", "198.51.100.25")
+    dns_server.add("192.0.2.7._ip.inc.example", "A", "127.0.0.2")
+    milter = start_milter()
+    _, mods, _ = run(milter, sender="<a@inc.example>")
+    assert ar_results(mods)["mailfrom"][0] == "pass"
+    _, mods, _ = run(milter, sender="<a@inc.example>", ip="198.51.100.25")
+    assert ar_results(mods)["mailfrom"][0] == "pass"
+    _, mods, _ = run(milter, sender="<a@inc.example>", ip="198.51.100.26")
+    assert ar_results(mods)["mailfrom"][0] == "fail"
+
+
+def test_lookup_limit_and_void_limit_are_permerrors(start_milter, dns_server):
+    # RFC 7208 section 4.6.4: more than 10 DNS-querying terms, or more than 2 void lookups
+    terms = " ".join(f"a:h{i}.many.example" for i in range(11))
+    dns_server.add("many.example", "TXT", f"v=spf1 {terms} -all")
+    for i in range(11):
+        dns_server.add(f"h{i}.many.example", "A", "198.51.100.1")
+    dns_server.add("void.example", "TXT", "v=spf1 a:v1.void.example a:v2.void.example a:v3.void.example -all")
+    milter = start_milter()
+    _, mods, _ = run(milter, sender="<a@many.example>")
+    assert ar_results(mods)["mailfrom"][0] == "permerror"
+    _, mods, _ = run(milter, sender="<a@void.example>")
+    assert ar_results(mods)["mailfrom"][0] == "permerror"
+    assert "Void lookup limit" in milter.log_lines("envelope-from=a@void.example")[0]
+
+
+def test_dead_dns_costs_at_most_the_transaction_budget(start_milter, dns_server):
+    dns_server.default_fault = "timeout"
+    milter = start_milter("dns_timeout = 1.5\nmode = enforce")
+    started = time.monotonic()
+    replies, _, _ = run(milter, sender="<a@pass.example>")
+    elapsed = time.monotonic() - started
+    reply = replies["rcpt"][0]
+    assert (reply.code, reply.xcode) == (451, "4.7.24")
+    assert elapsed < 1.5 + 1.0, f"session took {elapsed:.2f}s with a 1.5s DNS budget"
+    assert elapsed >= 1.4  # the budget was really spent waiting on DNS
+
+
+def test_trusted_networks_and_authenticated_senders_are_not_checked(start_milter, dns_server):
+    zones(dns_server)
+    milter = start_milter("mode = enforce\ntrusted_networks = loopback, 198.51.100.0/24, 2001:db8:9::/48")
+    for ip, family in (("127.0.0.1", "4"), ("198.51.100.77", "4"), ("2001:db8:9::1", "6"), ("::1", "6")):
+        replies, mods, _ = run(milter, sender="<x@fail.example>", ip=ip, family=family)
+        assert replies["rcpt"][0].action in ("continue", "noreply"), ip
+        assert mods == [], ip
+    replies, mods, _ = run(milter, sender="<x@fail.example>", mail_macros={"{auth_authen}": "alice"})
+    assert replies["rcpt"][0].action in ("continue", "noreply")
+    assert mods == []
+    assert len(milter.log_lines("skipped=")) == 5
+    replies, _, _ = run(milter, sender="<x@fail.example>")
+    assert replies["rcpt"][0].code == 550
+
+
+def test_authenticated_senders_checked_when_not_trusted(start_milter, dns_server):
+    zones(dns_server)
+    milter = start_milter("mode = enforce\ntrust_authenticated = no")
+    replies, _, _ = run(milter, sender="<x@fail.example>", mail_macros={"{auth_authen}": "alice"})
+    assert replies["rcpt"][0].code == 550
+
+
+def test_forged_headers_are_removed_every_copy(milter):
+    headers = [
+        ("Authentication-Results", "mx.test; spf=pass smtp.mailfrom=x@fail.example"),
+        ("Received-SPF", "pass (mx.test: forged) receiver=mx.test; client-ip=192.0.2.7"),
+        ("authentication-results", "other.example; spf=fail smtp.mailfrom=x@fail.example"),
+        ("AUTHENTICATION-RESULTS", "(comment) MX.TEST.;\n\tspf=pass smtp.mailfrom=x@fail.example"),
+        ("Authentication-Results", "\"mx.test\" 1; dkim=pass"),
+        ("Received-SPF", "pass (other) receiver=other.example"),
+        ("Authentication-Results", "mx.test.evil.example; spf=pass"),
+        ("Received-SPF", "softfail receiver = \"MX.test\" ; identity=mailfrom"),
+    ]
+    _, mods, _ = run(milter, sender="<x@fail.example>", headers=headers)
+    deletions = [(m[1], m[2].lower()) for m in mods if m[0] == "chgheader"]
+    assert all(m[3] == "" for m in mods if m[0] == "chgheader")
+    # per-name indexes (1-based, case-insensitive names), bottom-up
+    assert sorted(deletions) == sorted([(1, "authentication-results"), (3, "authentication-results"),
+                                        (4, "authentication-results"), (1, "received-spf"),
+                                        (3, "received-spf")])
+    assert [d[0] for d in deletions if d[1] == "authentication-results"] == [4, 3, 1]
+    # deletions come before our insertion, so the indexes are not shifted by it
+    assert mods[-1][0] == "insheader" and mods[-1][1] == 0
+    assert ar_results(mods)["mailfrom"][0] == "fail"
+
+
+@pytest.mark.parametrize("header_type,names", [
+    ("authentication-results", ["Authentication-Results"]),
+    ("received-spf", ["Received-SPF", "Received-SPF"]),
+    ("both", ["Authentication-Results", "Received-SPF", "Received-SPF"]),
+    ("none", []),
+])
+def test_header_types(start_milter, dns_server, header_type, names):
+    zones(dns_server)
+    milter = start_milter(f"header_type = {header_type}")
+    _, mods, _ = run(milter, sender="<x@fail.example>")
+    # insheader at 0 in reverse order leaves them top-down in `names` order
+    assert [m[2] for m in reversed(mods)] == names
+    spf_values = [m[3].replace("\n", "") for m in mods if m[2] == "Received-SPF"]
+    if spf_values:
+        mailfrom, helo = spf_values[1], spf_values[0]  # reversed insertion order
+        assert mailfrom.startswith("fail (mx.test: ")
+        assert "identity=mailfrom" in mailfrom and "receiver=mx.test" in mailfrom
+        assert 'envelope-from="x@fail.example"' in mailfrom and "client-ip=192.0.2.7" in mailfrom
+        assert "mechanism=-all" in mailfrom
+        assert helo.startswith("pass ") and "identity=helo" in helo and "helo=helo.example" in helo
+
+
+HOSTILE = [
+    "evil\r\nX-Injected: yes",
+    "a;b (c) \"d\" \\e",
+    "x" * 3000,
+    "\x00\x01\x7f\u2028\u0085",
+    "jos\u00e9.\u00fc\u00f1\u00ee",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_helo_and_sender_never_break_a_header(start_milter, dns_server, text):
+    zones(dns_server)
+    milter = start_milter("header_type = both")
+    sender = f"<{text.replace('>', '')}@pass.example>"
+    _, mods, _ = run(milter, sender=sender, helo=text)
+    assert mods
+    for mod in mods:
+        value = mod[3]
+        # only folding (LF followed by a space) is allowed; no other control characters
+        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f\u0080-\u009f\u2028\u2029]", value), value
+        assert "\n" not in value.replace("\n ", "")
+        assert all(len(line.encode()) < 998 for line in value.split("\n"))
+        assert "X-Injected" not in value.split(":")[0]
+    ar = ar_results(mods)
+    assert set(ar) == {"helo", "mailfrom"}
+    lines = milter.log_lines("identity=")
+    assert lines and not any("\r" in line for line in lines)
+
+
+def test_several_transactions_on_one_connection_each_get_their_result(milter):
+    client = milter.client()
+    client.connect("[192.0.2.7]", CLIENT_IP, port=40000, family="4")
+    client.helo("helo.example")
+    results = []
+    for domain in ("fail.example", "pass.example", "softfail.example"):
+        _, mods, _ = run(milter, sender=f"<a@{domain}>", client=client)
+        results.append(ar_results(mods)["mailfrom"][0])
+    # abort mid-transaction (RSET), then a new one
+    client.mail("<a@fail.example>")
+    client.rcpt("<b@mx.test>")
+    client.abort()
+    _, mods, _ = run(milter, sender="<a@neutral.example>", client=client)
+    results.append(ar_results(mods)["mailfrom"][0])
+    client.quit()
+    assert results == ["fail", "pass", "softfail", "neutral"]
+    actions = [re.search(r"action=([a-z-]+)", line).group(1) for line in milter.log_lines("identity=mailfrom")]
+    assert actions == ["would-reject", "accept", "accept", "aborted", "accept"]
+
+
+def test_inet_socket(start_milter, dns_server):
+    zones(dns_server)
+    milter = start_milter(inet=True)
+    _, mods, _ = run(milter, sender="<x@pass.example>")
+    assert ar_results(mods)["mailfrom"][0] == "pass"
+
+
+def test_sigterm_lets_the_session_in_flight_finish(start_milter, dns_server):
+    zones(dns_server)
+    milter = start_milter()
+    client: MilterClient = milter.client()
+    client.connect("[192.0.2.7]", CLIENT_IP, port=40000, family="4")
+    client.helo("helo.example")
+    client.mail("<a@fail.example>")
+    milter.proc.terminate()
+    # the in-flight session still completes normally
+    assert client.rcpt("<b@mx.test>").action in ("continue", "noreply")
+    client.data()
+    client.eoh()
+    reply, mods = client.eom()
+    assert reply.action == "continue" and ar_results(mods)["mailfrom"][0] == "fail"
+    client.quit()
+    assert milter.proc.wait(20) == 0
+    assert "stopped after" in milter.logs()
