@@ -179,7 +179,8 @@ def is_forged_authentication_results(value: str, config: Config) -> bool:
 
 
 # A quoted-string is matched (and skipped) as a whole, so "receiver=" inside another
-# key's value (helo="x receiver=mx.test", chosen by the client) is not taken for the key.
+# key's value (helo="x receiver=mx.test", chosen by the client) is not taken for the key
+# (RFC 7208 section 9.1: a key-value-pair's value is a dot-atom or a quoted-string).
 _RECEIVER = re.compile(
     r'"(?:[^"\\]|\\.)*"|(?:^|(?<=[\s;]))receiver\s*=\s*("(?:[^"\\]|\\.)*"|[^\s;]+)', re.IGNORECASE)
 

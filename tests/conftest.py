@@ -29,8 +29,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def dns_server():
+    """One DNS server per test module; tests use distinct names, or their own server for faults."""
     with DNSServer("127.0.0.1") as server:
         yield server
 
@@ -43,6 +44,12 @@ class RunningMilter:
         self.addr = addr
         self.config_path = config_path
         self.log_path = log_path
+        self._offset = 0
+
+    def mark(self) -> "RunningMilter":
+        """Make logs() start here (a shared milter serves several tests)."""
+        self._offset = self.log_path.stat().st_size
+        return self
 
     def client(self, **kwargs) -> MilterClient:
         client = MilterClient(self.addr, timeout=kwargs.pop("timeout", 15.0))
@@ -50,10 +57,15 @@ class RunningMilter:
         return client
 
     def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        with open(self.log_path, "rb") as handle:
+            handle.seek(self._offset)
+            return handle.read().decode("utf-8", "replace")
 
     def log_lines(self, needle: str = "") -> list[str]:
         return [line for line in self.logs().splitlines() if needle in line]
+
+    def full_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
@@ -67,44 +79,75 @@ class RunningMilter:
         return self.proc.returncode
 
 
-@pytest.fixture
-def start_milter(tmp_path, dns_server):
-    """Start spfmilter with extra config lines; it resolves through ``dns_server``."""
-    running: list[RunningMilter] = []
+def launch_milter(directory: Path, name: str, extra: str, dns_port: int | None, inet: bool = False) -> RunningMilter:
+    """Start ``python -m spfmilter`` with a generated config; return once a handshake succeeds."""
+    if inet:
+        port = free_port()
+        sock_spec, addr = f"inet:{port}@127.0.0.1", ("127.0.0.1", port)
+    else:
+        path = directory / f"{name}.sock"
+        sock_spec, addr = f"unix:{path}", str(path)
+    lines = [f"socket = {sock_spec}", "authserv_id = mx.test", "log_level = debug"]
+    if dns_port is not None:
+        lines.append(f"dns_servers = 127.0.0.1:{dns_port}")
+    config_path = directory / f"{name}.conf"
+    config_path.write_text("\n".join(lines) + "\n" + extra + "\n")
+    log_path = directory / f"{name}.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "spfmilter", "-c", str(config_path)],
+                                stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+    handle = RunningMilter(proc, addr, config_path, log_path)
+    try:
+        wait_ready(addr, timeout=20.0, proc=proc)
+    except Exception as exc:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"milter did not become ready: {exc}\n--- log ---\n{handle.full_log()}") from exc
+    return handle.mark()
 
-    def start(extra: str = "", *, inet: bool = False, use_dns: bool = True) -> RunningMilter:
-        index = len(running)
-        if inet:
-            port = free_port()
-            sock_spec, addr = f"inet:{port}@127.0.0.1", ("127.0.0.1", port)
-        else:
-            path = tmp_path / f"milter{index}.sock"
-            sock_spec, addr = f"unix:{path}", str(path)
-        lines = [f"socket = {sock_spec}", "authserv_id = mx.test", "log_level = debug"]
-        if use_dns:
-            lines.append(f"dns_servers = 127.0.0.1:{dns_server.port}")
-        config_path = tmp_path / f"spfmilter{index}.conf"
-        config_path.write_text("\n".join(lines) + "\n" + extra + "\n")
-        log_path = tmp_path / f"milter{index}.log"
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "spfmilter", "-c", str(config_path)],
-                                    stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
-        handle = RunningMilter(proc, addr, config_path, log_path)
-        running.append(handle)
-        try:
-            wait_ready(addr, timeout=20.0, proc=proc)
-        except Exception as exc:
-            raise AssertionError(f"milter did not become ready: {exc}\n--- log ---\n{handle.logs()}") from exc
-        return handle
 
-    yield start
+def stop_all(handles, allow_tracebacks: bool = False) -> list[str]:
+    """SIGTERM every milter at once (libmilter notices within ~5 s), then check each exit."""
+    for handle in handles:
+        if handle.proc.poll() is None:
+            handle.proc.send_signal(signal.SIGTERM)
     problems = []
-    for handle in running:
+    for handle in handles:
         rc = handle.stop()
         if rc != 0:
-            problems.append(f"milter exited {rc}\n--- log ---\n{handle.logs()}")
-        elif "Traceback" in handle.logs():
-            problems.append(f"traceback in milter log\n--- log ---\n{handle.logs()}")
+            problems.append(f"milter exited {rc}\n--- log ---\n{handle.full_log()}")
+        elif "Traceback" in handle.full_log() and not allow_tracebacks:
+            problems.append(f"traceback in milter log\n--- log ---\n{handle.full_log()}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def _milter_pool(tmp_path_factory, dns_server):
+    pool: dict = {}
+    directory = tmp_path_factory.mktemp("milters")
+    yield directory, pool
+    problems = stop_all(pool.values())
     if problems:
         pytest.fail("\n".join(problems))
+
+
+@pytest.fixture
+def start_milter(_milter_pool, dns_server):
+    """Start (or reuse, within a module) a milter with extra config lines.
+
+    ``fresh=True`` always starts a new process (for tests that stop it); ``dns``
+    points it at another DNS server (for fault tests).
+    """
+    directory, pool = _milter_pool
+
+    def start(extra: str = "", *, inet: bool = False, fresh: bool = False, dns=None) -> RunningMilter:
+        port = (dns or dns_server).port
+        key = (extra, inet, port)
+        handle = pool.get(key)
+        if fresh or handle is None or handle.proc.poll() is not None:
+            handle = launch_milter(directory, f"m{len(pool)}", extra, port, inet)
+            pool[key if not fresh else (key, len(pool))] = handle
+        return handle.mark()
+
+    return start

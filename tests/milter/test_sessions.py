@@ -12,6 +12,7 @@ import time
 import authres
 import pytest
 
+from tests.support.dnsserver import DNSServer
 from tests.support.milterclient import MilterClient
 
 CLIENT_IP = "192.0.2.7"
@@ -82,9 +83,14 @@ def ar_results(mods):
     return found
 
 
-@pytest.fixture
-def milter(start_milter, dns_server):
+@pytest.fixture(scope="module")
+def world(dns_server):
     zones(dns_server)
+    return dns_server
+
+
+@pytest.fixture
+def milter(start_milter, world):
     return start_milter()
 
 
@@ -136,8 +142,7 @@ def test_would_reject_is_logged_in_header_only_mode(milter):
     assert "queue-id=QID123" in line
 
 
-def test_enforce_rejects_fail_with_rfc7372_code_but_not_postmaster(start_milter, dns_server):
-    zones(dns_server)
+def test_enforce_rejects_fail_with_rfc7372_code_but_not_postmaster(start_milter, world):
     milter = start_milter("mode = enforce")
     replies, mods, _ = run(milter, sender="<x@fail.example>",
                            rcpts=("<b@mx.test>", "<postmaster@mx.test>", "<Abuse@mx.test>", "<c@mx.test>"))
@@ -150,8 +155,7 @@ def test_enforce_rejects_fail_with_rfc7372_code_but_not_postmaster(start_milter,
     assert "action=reject" in milter.log_lines("identity=mailfrom")[0]
 
 
-def test_enforce_uses_the_domains_explanation(start_milter, dns_server):
-    zones(dns_server)
+def test_enforce_uses_the_domains_explanation(start_milter, world):
     milter = start_milter("mode = enforce")
     replies, _, _ = run(milter, sender="<x@exp.example>")
     reply = replies["rcpt"][0]
@@ -159,8 +163,7 @@ def test_enforce_uses_the_domains_explanation(start_milter, dns_server):
     assert "exp.example explains: Mail from exp.example must come through our servers" in reply.text
 
 
-def test_enforce_helo_fail_rejects_even_when_mailfrom_passes(start_milter, dns_server):
-    zones(dns_server)
+def test_enforce_helo_fail_rejects_even_when_mailfrom_passes(start_milter, world):
     milter = start_milter("mode = enforce")
     replies, _, _ = run(milter, helo="badhelo.example", sender="<a@pass.example>")
     reply = replies["rcpt"][0]
@@ -179,8 +182,7 @@ def test_enforce_helo_fail_rejects_even_when_mailfrom_passes(start_milter, dns_s
     ("", "softfail.example", None),
     ("", "pass.example", None),
 ])
-def test_enforce_policy_table(start_milter, dns_server, extra, domain, expected):
-    zones(dns_server)
+def test_enforce_policy_table(start_milter, world, extra, domain, expected):
     milter = start_milter("mode = enforce\n" + extra)
     replies, _, _ = run(milter, sender=f"<x@{domain}>")
     reply = replies["rcpt"][0]
@@ -235,23 +237,25 @@ def test_lookup_limit_and_void_limit_are_permerrors(start_milter, dns_server):
     assert ar_results(mods)["mailfrom"][0] == "permerror"
     _, mods, _ = run(milter, sender="<a@void.example>")
     assert ar_results(mods)["mailfrom"][0] == "permerror"
-    assert "Void lookup limit" in milter.log_lines("envelope-from=a@void.example")[0]
+    assert "Void lookup limit" in milter.log_lines("identity=mailfrom; client-ip=192.0.2.7; helo=helo.example; envelope-from=a@void.example")[0]
 
 
-def test_dead_dns_costs_at_most_the_transaction_budget(start_milter, dns_server):
-    dns_server.default_fault = "timeout"
-    milter = start_milter("dns_timeout = 1.5\nmode = enforce")
-    started = time.monotonic()
-    replies, _, _ = run(milter, sender="<a@pass.example>")
-    elapsed = time.monotonic() - started
+def test_dead_dns_costs_at_most_the_transaction_budget(start_milter):
+    with DNSServer("127.0.0.1") as dead:
+        dead.default_fault = "timeout"
+        milter = start_milter("dns_timeout = 1.5\nmode = enforce", dns=dead)
+        started = time.monotonic()
+        replies, _, _ = run(milter, sender="<a@pass.example>")
+        elapsed = time.monotonic() - started
     reply = replies["rcpt"][0]
     assert (reply.code, reply.xcode) == (451, "4.7.24")
     assert elapsed < 1.5 + 1.0, f"session took {elapsed:.2f}s with a 1.5s DNS budget"
     assert elapsed >= 1.4  # the budget was really spent waiting on DNS
+    line = milter.log_lines("identity=mailfrom")[0]
+    assert "TempError; identity=mailfrom" in line and ("DNS timeout" in line or "DNS time budget" in line)
 
 
-def test_trusted_networks_and_authenticated_senders_are_not_checked(start_milter, dns_server):
-    zones(dns_server)
+def test_trusted_networks_and_authenticated_senders_are_not_checked(start_milter, world):
     milter = start_milter("mode = enforce\ntrusted_networks = loopback, 198.51.100.0/24, 2001:db8:9::/48")
     for ip, family in (("127.0.0.1", "4"), ("198.51.100.77", "4"), ("2001:db8:9::1", "6"), ("::1", "6")):
         replies, mods, _ = run(milter, sender="<x@fail.example>", ip=ip, family=family)
@@ -265,8 +269,7 @@ def test_trusted_networks_and_authenticated_senders_are_not_checked(start_milter
     assert replies["rcpt"][0].code == 550
 
 
-def test_authenticated_senders_checked_when_not_trusted(start_milter, dns_server):
-    zones(dns_server)
+def test_authenticated_senders_checked_when_not_trusted(start_milter, world):
     milter = start_milter("mode = enforce\ntrust_authenticated = no")
     replies, _, _ = run(milter, sender="<x@fail.example>", mail_macros={"{auth_authen}": "alice"})
     assert replies["rcpt"][0].code == 550
@@ -302,8 +305,7 @@ def test_forged_headers_are_removed_every_copy(milter):
     ("both", ["Authentication-Results", "Received-SPF", "Received-SPF"]),
     ("none", []),
 ])
-def test_header_types(start_milter, dns_server, header_type, names):
-    zones(dns_server)
+def test_header_types(start_milter, world, header_type, names):
     milter = start_milter(f"header_type = {header_type}")
     _, mods, _ = run(milter, sender="<x@fail.example>")
     # insheader at 0 in reverse order leaves them top-down in `names` order
@@ -322,14 +324,13 @@ HOSTILE = [
     "evil\r\nX-Injected: yes",
     "a;b (c) \"d\" \\e",
     "x" * 3000,
-    "\x00\x01\x7f\u2028\u0085",
+    "\x01\x1b\x7f\u2028\u0085\udcff",  # NUL cannot travel in the milter protocol
     "jos\u00e9.\u00fc\u00f1\u00ee",
 ]
 
 
 @pytest.mark.parametrize("text", HOSTILE)
-def test_hostile_helo_and_sender_never_break_a_header(start_milter, dns_server, text):
-    zones(dns_server)
+def test_hostile_helo_and_sender_never_break_a_header(start_milter, world, text):
     milter = start_milter("header_type = both")
     sender = f"<{text.replace('>', '')}@pass.example>"
     _, mods, _ = run(milter, sender=sender, helo=text)
@@ -340,7 +341,6 @@ def test_hostile_helo_and_sender_never_break_a_header(start_milter, dns_server, 
         assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f\u0080-\u009f\u2028\u2029]", value), value
         assert "\n" not in value.replace("\n ", "")
         assert all(len(line.encode()) < 998 for line in value.split("\n"))
-        assert "X-Injected" not in value.split(":")[0]
     ar = ar_results(mods)
     assert set(ar) == {"helo", "mailfrom"}
     lines = milter.log_lines("identity=")
@@ -367,16 +367,14 @@ def test_several_transactions_on_one_connection_each_get_their_result(milter):
     assert actions == ["would-reject", "accept", "accept", "aborted", "accept"]
 
 
-def test_inet_socket(start_milter, dns_server):
-    zones(dns_server)
+def test_inet_socket(start_milter, world):
     milter = start_milter(inet=True)
     _, mods, _ = run(milter, sender="<x@pass.example>")
     assert ar_results(mods)["mailfrom"][0] == "pass"
 
 
-def test_sigterm_lets_the_session_in_flight_finish(start_milter, dns_server):
-    zones(dns_server)
-    milter = start_milter()
+def test_sigterm_lets_the_session_in_flight_finish(start_milter, world):
+    milter = start_milter(fresh=True)
     client: MilterClient = milter.client()
     client.connect("[192.0.2.7]", CLIENT_IP, port=40000, family="4")
     client.helo("helo.example")

@@ -1,0 +1,390 @@
+"""Tests for spfmilter.policy: decide(), trust_reason(), exempt recipients, rcpt_reply()."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from spfmilter.config import parse_text
+from spfmilter.policy import (
+    ACCEPT,
+    Action,
+    Decision,
+    Evaluation,
+    Facts,
+    decide,
+    evaluate,
+    is_exempt_recipient,
+    rcpt_reply,
+    trust_reason,
+)
+from spfmilter.verify import Identity, SpfOutcome, SpfResult
+
+HELO = "mail.example.net"
+SENDER = "alice@example.org"
+IP = "192.0.2.10"
+FACTS = Facts(IP, HELO, SENDER)
+
+ALL = list(SpfResult)
+
+
+def config(text: str = ""):
+    return parse_text("authserv_id = mx.test\n" + text)
+
+
+def helo(result: SpfResult, **kw) -> SpfOutcome:
+    return SpfOutcome(Identity.HELO, result, kw.pop("domain", HELO), f"postmaster@{HELO}", **kw)
+
+
+def mailfrom(result: SpfResult, **kw) -> SpfOutcome:
+    return SpfOutcome(Identity.MAILFROM, result, kw.pop("domain", "example.org"), kw.pop("sender", SENDER), **kw)
+
+
+def assert_safe_reply(decision: Decision):
+    assert re.fullmatch(r"[\x20-\x7e]*", decision.text), decision.text
+    assert "%" not in decision.text
+    assert len(decision.text) <= 400
+    assert "\r" not in decision.reply and "\n" not in decision.reply
+
+
+# --------------------------------------------------------------------------- default config
+
+@pytest.mark.parametrize("result", ALL)
+def test_default_helo_result_with_mailfrom_pass(result):
+    decision = decide(helo(result), mailfrom(SpfResult.PASS), FACTS, config())
+    if result is SpfResult.FAIL:
+        assert (decision.action, decision.code, decision.xcode, decision.identity) == \
+            (Action.REJECT, "550", "5.7.23", Identity.HELO)
+        assert decision.text == f"SPF fail for HELO {HELO}: {IP} is not authorized to send for {HELO}"
+        assert decision.reply == f"550 5.7.23 {decision.text}"
+    else:  # a HELO temperror alone is not deferred
+        assert decision == ACCEPT
+        assert decision.reply == ""
+
+
+@pytest.mark.parametrize("result", ALL)
+def test_default_mailfrom_result_with_helo_pass(result):
+    decision = decide(helo(SpfResult.PASS), mailfrom(result), FACTS, config())
+    if result is SpfResult.FAIL:
+        assert (decision.action, decision.code, decision.xcode, decision.identity) == \
+            (Action.REJECT, "550", "5.7.23", Identity.MAILFROM)
+        assert decision.text == (f"SPF fail for example.org (MAIL FROM {SENDER}): "
+                                 f"{IP} is not authorized to send for example.org")
+    elif result is SpfResult.TEMPERROR:
+        assert (decision.action, decision.code, decision.xcode) == (Action.DEFER, "451", "4.7.24")
+    else:
+        assert decision == ACCEPT
+
+
+@pytest.mark.parametrize("result", [r for r in ALL if r not in (SpfResult.PASS, SpfResult.TEMPERROR)])
+def test_default_mailfrom_result_with_helo_none(result):
+    decision = decide(helo(SpfResult.NONE, domain=""), mailfrom(result), FACTS, config())
+    if result is SpfResult.FAIL:
+        assert decision.action is Action.REJECT and decision.identity is Identity.MAILFROM
+    else:
+        assert decision == ACCEPT
+
+
+@pytest.mark.parametrize("other", ALL)
+def test_helo_fail_decides_first(other):
+    decision = decide(helo(SpfResult.FAIL), mailfrom(other), FACTS, config())
+    assert decision.action is Action.REJECT
+    assert decision.identity is Identity.HELO
+    assert decision.xcode == "5.7.23"
+
+
+def test_helo_decides_first_even_when_both_reject_differently():
+    cfg = config("mailfrom_reject_results = permerror\nhelo_reject_results = softfail\n")
+    decision = decide(helo(SpfResult.SOFTFAIL), mailfrom(SpfResult.PERMERROR, problem="x"), FACTS, cfg)
+    assert (decision.identity, decision.xcode) == (Identity.HELO, "5.7.23")
+
+
+# --------------------------------------------------------------------------- configured reject results
+
+@pytest.mark.parametrize("identity", ["helo", "mailfrom"])
+@pytest.mark.parametrize("result, xcode, text", [
+    (SpfResult.PERMERROR, "5.7.24", "SPF permanent error for {what}: too many DNS lookups"),
+    (SpfResult.SOFTFAIL, "5.7.23", "SPF softfail for {what}: 192.0.2.10 is not authorized to send for {domain}"),
+    (SpfResult.NEUTRAL, "5.7.23", "SPF neutral for {what}: 192.0.2.10 is not authorized to send for {domain}"),
+    (SpfResult.NONE, "5.7.23", "SPF none for {what}: no SPF policy, and this server requires one"),
+    (SpfResult.FAIL, "5.7.23", "SPF fail for {what}: 192.0.2.10 is not authorized to send for {domain}"),
+])
+def test_configured_reject_results(identity, result, xcode, text):
+    cfg = config(f"{identity}_reject_results = {result.value}\n")
+    problem = "too many DNS lookups" if result is SpfResult.PERMERROR else None
+    if identity == "helo":
+        outcomes = (helo(result, problem=problem), mailfrom(SpfResult.PASS))
+        what, domain = f"HELO {HELO}", HELO
+    else:
+        outcomes = (helo(SpfResult.PASS), mailfrom(result, problem=problem))
+        what, domain = f"example.org (MAIL FROM {SENDER})", "example.org"
+    decision = decide(*outcomes, FACTS, cfg)
+    assert decision.action is Action.REJECT
+    assert (decision.code, decision.xcode) == ("550", xcode)
+    assert decision.identity is Identity(identity)
+    assert decision.text == text.format(what=what, domain=domain)
+    assert decision.reply == f"550 {xcode} {decision.text}"
+
+
+@pytest.mark.parametrize("identity", ["helo", "mailfrom"])
+@pytest.mark.parametrize("result", ALL)
+def test_empty_reject_list_never_rejects(identity, result):
+    cfg = config(f"{identity}_reject_results =\ntemperror_action = accept\n")
+    outcomes = (helo(result), mailfrom(SpfResult.PASS)) if identity == "helo" else \
+        (helo(SpfResult.PASS), mailfrom(result))
+    assert decide(*outcomes, FACTS, cfg) == ACCEPT
+
+
+def test_reject_list_of_one_identity_does_not_apply_to_the_other():
+    cfg = config("helo_reject_results = softfail\n")
+    assert decide(helo(SpfResult.PASS), mailfrom(SpfResult.SOFTFAIL), FACTS, cfg) == ACCEPT
+    cfg = config("mailfrom_reject_results = softfail\n")
+    assert decide(helo(SpfResult.SOFTFAIL), mailfrom(SpfResult.PASS), FACTS, cfg) == ACCEPT
+
+
+def test_permerror_without_problem_text():
+    cfg = config("mailfrom_reject_results = permerror\n")
+    decision = decide(helo(SpfResult.PASS), mailfrom(SpfResult.PERMERROR), FACTS, cfg)
+    assert decision.text == f"SPF permanent error for example.org (MAIL FROM {SENDER}): invalid SPF record"
+
+
+def test_null_sender_and_local_client_in_texts():
+    facts = Facts(None, HELO, "")
+    outcome = SpfOutcome(Identity.MAILFROM, SpfResult.FAIL, HELO, f"postmaster@{HELO}")
+    decision = decide(helo(SpfResult.PASS), outcome, facts, config())
+    assert decision.text == (f"SPF fail for {HELO} (MAIL FROM postmaster@{HELO}): "
+                             f"unknown is not authorized to send for {HELO}")
+    outcome = SpfOutcome(Identity.MAILFROM, SpfResult.NONE, "", "")
+    decision = decide(helo(SpfResult.PASS), outcome, facts, config("mailfrom_reject_results = none"))
+    assert decision.text == "SPF none for sender (MAIL FROM <>): no SPF policy, and this server requires one"
+
+
+# --------------------------------------------------------------------------- temperror
+# A MAIL FROM temperror defers when temperror_action = defer (RFC 7208 section 8.6,
+# RFC 7372: 4.7.24); a HELO temperror alone never defers.
+
+@pytest.mark.parametrize("helo_result", [r for r in ALL if r is not SpfResult.FAIL])
+def test_mailfrom_temperror_defers(helo_result):
+    outcomes = (helo(helo_result), mailfrom(SpfResult.TEMPERROR, problem="DNS timeout"))
+    decision = decide(*outcomes, FACTS, config())
+    assert (decision.action, decision.code, decision.xcode) == (Action.DEFER, "451", "4.7.24")
+    assert decision.identity is Identity.MAILFROM
+    assert decision.text == (f"SPF temporary error for example.org (MAIL FROM {SENDER}): "
+                             "DNS timeout; please try again later")
+    assert decision.reply == f"451 4.7.24 {decision.text}"
+    assert decision.refuses
+
+
+@pytest.mark.parametrize("mailfrom_result", [r for r in ALL if r not in (SpfResult.FAIL, SpfResult.TEMPERROR)])
+def test_helo_temperror_alone_never_defers(mailfrom_result):
+    outcomes = (helo(SpfResult.TEMPERROR, problem="DNS timeout"), mailfrom(mailfrom_result))
+    assert decide(*outcomes, FACTS, config()) == ACCEPT
+
+
+def test_null_sender_temperror_defers():
+    # RFC 7208 section 2.4: for <> the MAIL FROM identity is postmaster@<helo>, i.e. the HELO check
+    outcome = helo(SpfResult.TEMPERROR, problem="SERVFAIL")
+    mailfrom_outcome = SpfOutcome(Identity.MAILFROM, SpfResult.TEMPERROR, HELO, f"postmaster@{HELO}",
+                                  problem="SERVFAIL")
+    decision = decide(outcome, mailfrom_outcome, Facts(IP, HELO, ""), config())
+    assert (decision.action, decision.code, decision.xcode) == (Action.DEFER, "451", "4.7.24")
+    assert decision.text == (f"SPF temporary error for {HELO} (MAIL FROM postmaster@{HELO}): "
+                             "SERVFAIL; please try again later")
+
+
+def test_temperror_without_problem_text():
+    decision = decide(helo(SpfResult.NONE), mailfrom(SpfResult.TEMPERROR), FACTS, config())
+    assert decision.text == (f"SPF temporary error for example.org (MAIL FROM {SENDER}): "
+                             "DNS lookup failed; please try again later")
+
+
+@pytest.mark.parametrize("other", [r for r in ALL if r is not SpfResult.FAIL])
+def test_temperror_accepted_when_configured(other):
+    cfg = config("temperror_action = accept\n")
+    assert decide(helo(SpfResult.TEMPERROR), mailfrom(other), FACTS, cfg) == ACCEPT
+    assert decide(helo(other), mailfrom(SpfResult.TEMPERROR), FACTS, cfg) == ACCEPT
+
+
+@pytest.mark.parametrize("action", ["defer", "accept"])
+def test_reject_wins_over_temperror(action):
+    cfg = config(f"temperror_action = {action}\n")
+    decision = decide(helo(SpfResult.TEMPERROR), mailfrom(SpfResult.FAIL), FACTS, cfg)
+    assert (decision.action, decision.xcode, decision.identity) == (Action.REJECT, "5.7.23", Identity.MAILFROM)
+
+
+# --------------------------------------------------------------------------- explanations
+
+def test_fail_with_explanation_names_domain_and_text():
+    outcome = mailfrom(SpfResult.FAIL, explanation="See https://example.org/spf for why")
+    decision = decide(helo(SpfResult.PASS), outcome, FACTS, config())
+    assert decision.text == (f"SPF fail for example.org (MAIL FROM {SENDER}); example.org explains: "
+                             "See https://example.org/spf for why")
+    assert decision.xcode == "5.7.23"
+
+
+@pytest.mark.parametrize("explanation", [
+    "line1\r\n550 5.7.1 injected",
+    "percent %s %n %% tokens",
+    "nul\x00byte and tab\there",
+    "unicode Grüße \u2028 separator \x85 nel",
+    b"\xff\xfe bytes".decode("utf-8", "surrogateescape"),
+    "x" * 3000,
+    "\r\n" * 600,
+])
+@pytest.mark.parametrize("identity", ["helo", "mailfrom"])
+def test_hostile_explanations_give_safe_replies(explanation, identity):
+    outcomes = (helo(SpfResult.FAIL, explanation=explanation), mailfrom(SpfResult.PASS)) if identity == "helo" \
+        else (helo(SpfResult.PASS), mailfrom(SpfResult.FAIL, explanation=explanation))
+    decision = decide(*outcomes, FACTS, config())
+    assert decision.action is Action.REJECT
+    assert_safe_reply(decision)
+    assert "explains: " in decision.text
+
+
+@pytest.mark.parametrize("hostile", [
+    "evil\r\n250 OK",
+    "100%.example",
+    "ünïcödé.example",
+    "a\x00b",
+    "y" * 2000,
+])
+@pytest.mark.parametrize("result, cfgtext", [
+    (SpfResult.FAIL, ""),
+    (SpfResult.PERMERROR, "mailfrom_reject_results = permerror"),
+    (SpfResult.NONE, "mailfrom_reject_results = none"),
+    (SpfResult.SOFTFAIL, "mailfrom_reject_results = softfail"),
+    (SpfResult.TEMPERROR, ""),
+])
+def test_hostile_domain_sender_problem_give_safe_replies(hostile, result, cfgtext):
+    outcome = SpfOutcome(Identity.MAILFROM, result, hostile, f"{hostile}@{hostile}", problem=hostile)
+    decision = decide(helo(SpfResult.NONE), outcome, Facts(IP, hostile, outcome.sender), config(cfgtext))
+    assert decision.refuses
+    assert_safe_reply(decision)
+
+
+# --------------------------------------------------------------------------- trust_reason()
+
+@pytest.mark.parametrize("cfgtext, client_ip, auth_user, expected", [
+    ("", None, None, "local client"),
+    ("trusted_networks =", None, None, "local client"),
+    ("", "127.0.0.1", None, "trusted network 127.0.0.0/8"),
+    ("", "127.9.9.9", None, "trusted network 127.0.0.0/8"),
+    ("", "::1", None, "trusted network ::1/128"),
+    ("", "192.0.2.1", None, None),
+    ("", "2001:db8::1", None, None),
+    ("trusted_networks =", "127.0.0.1", None, None),
+    ("trusted_networks = 192.0.2.0/24", "192.0.2.200", None, "trusted network 192.0.2.0/24"),
+    ("trusted_networks = 192.0.2.0/24", "192.0.3.1", None, None),
+    ("trusted_networks = 192.0.2.0/24", "127.0.0.1", None, None),
+    ("trusted_networks = 2001:db8::/32", "2001:db8:ffff::25", None, "trusted network 2001:db8::/32"),
+    ("trusted_networks = 2001:db8::/32", "2001:db9::1", None, None),
+    # an IPv6 client against IPv4 networks and the other way round: no match, no error
+    ("trusted_networks = 0.0.0.0/0", "2001:db8::1", None, None),
+    ("trusted_networks = 0.0.0.0/0", "::", None, None),
+    ("trusted_networks = ::/0", "192.0.2.1", None, None),
+    ("trusted_networks = 0.0.0.0/0", "192.0.2.1", None, "trusted network 0.0.0.0/0"),
+    ("trusted_networks = 10.0.0.0/8, 2001:db8::/32", "2001:db8::1", None, "trusted network 2001:db8::/32"),
+    ("", "192.0.2.1", "alice", "authenticated sender"),
+    ("trust_authenticated = yes", "2001:db8::1", "bob@example.org", "authenticated sender"),
+    ("trust_authenticated = no", "192.0.2.1", "alice", None),
+    ("", "192.0.2.1", "", None),
+    ("", "127.0.0.1", "alice", "trusted network 127.0.0.0/8"),  # network is named first
+    ("", "not-an-ip", None, None),
+    ("", "not-an-ip", "alice", None),
+])
+def test_trust_reason(cfgtext, client_ip, auth_user, expected):
+    facts = Facts(client_ip, HELO, SENDER, auth_user=auth_user)
+    assert trust_reason(facts, config(cfgtext)) == expected
+
+
+def test_evaluate_skips_trusted_clients_without_verifying():
+    def verify(*args):
+        raise AssertionError("must not verify a trusted client")
+
+    evaluation = evaluate(Facts("127.0.0.1", HELO, SENDER), config(), verify)
+    assert evaluation.skip_reason == "trusted network 127.0.0.0/8"
+    assert evaluation.outcomes is None
+    assert evaluation.decision == ACCEPT
+
+
+def test_evaluate_verifies_and_decides():
+    calls = []
+    outcomes = (helo(SpfResult.PASS), mailfrom(SpfResult.FAIL))
+
+    def verify(ip, helo_name, sender):
+        calls.append((ip, helo_name, sender))
+        return outcomes
+
+    evaluation = evaluate(FACTS, config(), verify)
+    assert calls == [(IP, HELO, SENDER)]
+    assert evaluation.skip_reason is None
+    assert evaluation.outcomes == outcomes
+    assert evaluation.decision.action is Action.REJECT
+
+
+# --------------------------------------------------------------------------- exempt recipients
+
+@pytest.mark.parametrize("cfgtext, recipient, expected", [
+    ("", "<postmaster@example.com>", True),
+    ("", "<Postmaster@EXAMPLE.COM>", True),
+    ("", "<POSTMASTER@x>", True),
+    ("", "<abuse@x>", True),
+    ("", "<postmaster>", True),
+    ("", "<Postmaster>", True),
+    ("", "postmaster@x", True),
+    ("", " <postmaster@x> ", True),
+    ("", "<@relay.example:postmaster@x>", True),
+    ("", "<postmaster2@x>", False),
+    ("", "<xpostmaster@x>", False),
+    ("", "<postmaster.x@x>", False),
+    ("", "<hostmaster@x>", False),
+    ("", "<alice@x>", False),
+    ("", "<>", False),
+    ("", "<x@postmaster>", False),
+    ("exempt_recipients =", "<postmaster@x>", False),
+    ("exempt_recipients = hostmaster", "<hostmaster@x>", True),
+    ("exempt_recipients = hostmaster", "<postmaster@x>", False),
+    ("exempt_recipients = abuse@example.org", "<abuse@example.org>", True),
+    ("exempt_recipients = abuse@example.org", "<ABUSE@Example.Org>", True),
+    ("exempt_recipients = abuse@example.org", "<abuse@example.org.>", True),
+    ("exempt_recipients = abuse@example.org", "<abuse@example.net>", False),
+    ("exempt_recipients = abuse@example.org", "<abuse>", False),
+    ("exempt_recipients = Abuse@Example.Org, postmaster", "<abuse@example.org>", True),
+    ("exempt_recipients = Abuse@Example.Org, postmaster", "<postmaster@other.example>", True),
+])
+def test_is_exempt_recipient(cfgtext, recipient, expected):
+    assert is_exempt_recipient(recipient, config(cfgtext)) is expected
+
+
+# --------------------------------------------------------------------------- rcpt_reply()
+
+REJECT = Decision(Action.REJECT, "550", "5.7.23", "SPF fail", Identity.MAILFROM)
+DEFER = Decision(Action.DEFER, "451", "4.7.24", "SPF temporary error", Identity.HELO)
+
+
+@pytest.mark.parametrize("mode", ["header-only", "enforce"])
+@pytest.mark.parametrize("decision", [ACCEPT, REJECT, DEFER])
+@pytest.mark.parametrize("recipient, exempt", [
+    ("<bob@example.com>", False),
+    ("<postmaster@example.com>", True),
+    ("<Abuse@example.com>", True),
+])
+def test_rcpt_reply(mode, decision, recipient, exempt):
+    evaluation = Evaluation(FACTS, outcomes=(helo(SpfResult.PASS), mailfrom(SpfResult.FAIL)), decision=decision)
+    reply = rcpt_reply(evaluation, recipient, config(f"mode = {mode}"))
+    if mode == "enforce" and decision.refuses and not exempt:
+        assert reply is decision
+    else:
+        assert reply == ACCEPT
+        assert not reply.refuses
+
+
+def test_rcpt_reply_for_skipped_transaction():
+    evaluation = Evaluation(FACTS, skip_reason="local client")
+    assert rcpt_reply(evaluation, "<bob@example.com>", config("mode = enforce")) == ACCEPT
+
+
+def test_decision_reply_property():
+    assert ACCEPT.reply == "" and not ACCEPT.refuses
+    assert REJECT.reply == "550 5.7.23 SPF fail" and REJECT.refuses
+    assert DEFER.reply == "451 4.7.24 SPF temporary error" and DEFER.refuses
