@@ -1,0 +1,86 @@
+#!/bin/sh
+# spfmilter developer entry point.
+#
+#   ./dev.sh test [PYTEST ARGS]   install everything needed (Debian packages, venv, Python
+#                                 dependencies) and run the whole test suite
+#   ./dev.sh run [SPFMILTER ARGS] install what is needed and run the milter in the foreground
+#                                 (built-in defaults: header-only, inet:8890@127.0.0.1, stderr)
+#   ./dev.sh install              only install
+#
+# Runs as root on Debian 12 (bookworm); idempotent, so it is cheap to run again.
+set -eu
+
+cd "$(dirname "$0")"
+VENV=${SPFMILTER_VENV:-.venv}
+# Debian packages: the compiler and headers pymilter builds against, the Python venv
+# module, and the MTAs the end-to-end tests drive.
+PACKAGES="gcc libc6-dev python3 python3-dev python3-venv libmilter-dev postfix"
+
+log() { printf 'dev.sh: %s\n' "$*" >&2; }
+
+install_packages() {
+    missing=""
+    for pkg in $PACKAGES; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+    done
+    [ -z "$missing" ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing Debian packages:$missing (run as root, or install them first)"
+        exit 1
+    fi
+    log "installing Debian packages:$missing"
+    # Postfix: install it without configuring or starting a system-wide instance; the tests
+    # run private instances with their own configuration.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends $missing
+}
+
+pick_python() {
+    for candidate in python3 /usr/bin/python3; do
+        if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import venv, sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    log "no Python >= 3.10 with the venv module found"
+    exit 1
+}
+
+install_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        python=$(pick_python)
+        log "creating virtual environment $VENV with $python"
+        "$python" -m venv "$VENV"
+    fi
+    stamp="$VENV/.spfmilter-installed"
+    if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+        log "installing spfmilter and its Python dependencies into $VENV"
+        "$VENV/bin/python" -m pip install -q -e '.[test]'
+        touch "$stamp"
+    fi
+}
+
+command=${1:-test}
+[ $# -gt 0 ] && shift
+case "$command" in
+    install)
+        install_packages
+        install_venv
+        ;;
+    test)
+        install_packages
+        install_venv
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    run)
+        install_packages
+        install_venv
+        exec "$VENV/bin/spfmilter" "$@"
+        ;;
+    *)
+        echo "usage: $0 test|run|install [ARGS...]" >&2
+        exit 2
+        ;;
+esac
