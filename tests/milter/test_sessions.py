@@ -389,3 +389,24 @@ def test_sigterm_lets_the_session_in_flight_finish(start_milter, world):
     client.quit()
     assert milter.proc.wait(20) == 0
     assert "stopped after" in milter.logs()
+
+
+@pytest.mark.parametrize("on_error,expected", [("tempfail", ("replycode", 451, "4.3.0")), ("accept", ("accept", None, None))])
+def test_internal_error_ends_in_the_configured_answer_and_the_milter_keeps_serving(
+        start_milter, world, on_error, expected):
+    milter = start_milter(f"on_error = {on_error}", module="tests.support.faulty_milter")
+    # failure inside the (no-reply) MAIL FROM callback: answered at RCPT
+    replies, mods, _ = run(milter, sender="<crash-verify@pass.example>")
+    assert (replies["rcpt"][0].action, replies["rcpt"][0].code, replies["rcpt"][0].xcode) == expected
+    # failure inside the RCPT callback itself
+    replies, _, _ = run(milter, sender="<a@pass.example>", rcpts=("<crash-rcpt@mx.test>",))
+    assert (replies["rcpt"][0].action, replies["rcpt"][0].code, replies["rcpt"][0].xcode) == expected
+    # each failure is logged once, with its traceback
+    logs = milter.logs()
+    assert logs.count("Traceback") == 2
+    assert logs.count("internal error in mail callback") == 1 and logs.count("internal error in rcpt callback") == 1
+    assert "RuntimeError: injected failure in verification" in logs
+    # and the next session is served normally
+    _, mods, _ = run(milter, sender="<a@fail.example>")
+    assert ar_results(mods)["mailfrom"][0] == "fail"
+    assert milter.proc.poll() is None
