@@ -159,7 +159,7 @@ def parse_socket(text: str) -> SocketSpec:
     port_text, at, host = rest.partition("@")
     if not at or not host:
         raise ValueError(f"expected {kind}:PORT@HOST, e.g. {kind}:8890@{'::1' if kind == 'inet6' else '127.0.0.1'}")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"bad port {port_text!r}: expected a number from 1 to 65535")
     host = host.strip("[]")
     if kind == "inet6":
@@ -242,7 +242,7 @@ def parse_timeout(text: str) -> float:
 
 def parse_cache_size(text: str) -> int:
     text = text.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ValueError("expected a whole number of entries (0 turns the cache off)")
     return int(text)
 
@@ -256,7 +256,7 @@ def parse_dns_servers(text: str) -> tuple:
             host, port = match.group(1), int(match.group(2) or 53)
         elif item.count(":") == 1:
             host, port_text = item.split(":")
-            if not port_text.isdigit():
+            if not (port_text.isascii() and port_text.isdigit()):
                 raise ValueError(f"bad DNS server {item!r}")
             port = int(port_text)
         try:
@@ -397,7 +397,7 @@ def build(values: dict[str, object], source: str = "<built-in defaults>", *,
 def load(path: str) -> Config:
     """Read and parse a config file; unreadable files are a ConfigError too."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # tolerate a byte-order mark
             text = handle.read()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None

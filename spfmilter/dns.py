@@ -9,6 +9,7 @@ never waits past the caller's deadline.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -116,9 +117,7 @@ class DnsClient:
             raise DnsTempError("DNS time budget exhausted")
         self.queries += 1
         try:
-            answer = self._resolver.resolve(
-                key[0] + ".", qtype, lifetime=remaining, raise_on_no_answer=False, search=False
-            )
+            answer = self._resolve(key[0] + ".", qtype, deadline)
         except dns.resolver.NXDOMAIN as exc:
             result = Answer((), nxdomain=True)
             self.cache.put(key, result, _negative_ttl(exc))
@@ -134,10 +133,34 @@ class DnsClient:
         values = tuple(_convert(qtype, answer.rrset)) if answer.rrset is not None else ()
         ttl = max(0.0, answer.expiration - time.time())
         if not values:
-            ttl = min(ttl, NEGATIVE_TTL_CAP)
+            # RFC 2308 section 5: NODATA lives for min(SOA TTL, SOA MINIMUM), which
+            # dnspython folded into the expiration; without an SOA it is not cached
+            # (dnspython would assume 300 s), the same as NXDOMAIN in _negative_ttl().
+            ttl = min(ttl, NEGATIVE_TTL_CAP) if _has_soa(answer.response) else 0.0
         result = Answer(values)
         self.cache.put(key, result, min(ttl, MAX_CACHE_TTL))
         return result
+
+    def _resolve(self, qname: str, qtype: str, deadline: float):
+        """``resolver.resolve()`` one retry round at a time, so the deadline holds.
+
+        Between rounds dnspython sleeps a back-off that doubles from 0.1 s to 2 s
+        *before* it checks the lifetime, so a single call given the whole budget can
+        overrun it by seconds.  A call per round (each server tried once) overruns
+        by at most the first 0.1 s back-off.
+        """
+        per_round = self._resolver.timeout * max(1, len(self._resolver.nameservers))
+        rounds = max(1, math.ceil((deadline - self._clock()) / per_round))
+        for _ in range(rounds):  # bounded even if the clock stands still
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            try:
+                return self._resolver.resolve(qname, qtype, lifetime=min(remaining, per_round),
+                                              raise_on_no_answer=False, search=False)
+            except dns.resolver.LifetimeTimeout:
+                continue
+        raise dns.resolver.LifetimeTimeout(timeout=0.0, errors=[])
 
 
 def _convert(qtype: str, rrset) -> list:
@@ -164,6 +187,10 @@ def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> float:
     except Exception:  # a malformed authority section only costs us caching
         return 0.0
     return 0.0
+
+
+def _has_soa(response) -> bool:
+    return response is not None and any(rrset.rdtype == dns.rdatatype.SOA for rrset in response.authority)
 
 
 def _rcodes(exc: dns.resolver.NoNameservers) -> str:

@@ -185,6 +185,10 @@ class Verifier:
         local = address.local or "postmaster"  # RFC 7208 section 4.3
         try:
             query = _Query(ip, f"{local}@{address.domain}", helo, self._client, deadline, self._receiver)
+            # pyspf splits the sender at its first '@', which breaks quoted local parts
+            # such as "a@b"@example.org; use our split at the last '@' for <domain>
+            # (RFC 7208 section 4.1) and the l, o and d macros (section 7.3).
+            query.l, query.o, query.d = local, address.domain, address.domain
             result, _code, explanation = query.check()
         except Exception as exc:  # pyspf bug or hostile data it did not expect
             log.exception("SPF evaluation of %s for %s failed", address.domain, identity.value)

@@ -43,7 +43,7 @@ import re
 import socket
 import struct
 import time
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Union
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Union
 
 __all__ = [
     "MilterClient",

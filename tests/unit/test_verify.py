@@ -1,0 +1,542 @@
+"""Tests for spfmilter.verify: Verifier.verify() against policies served by the loopback
+test DNS server, envelope parsing, RFC 7208 limits, the per-transaction time budget,
+and the HELO outcome cache.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # allow plain `pytest` as well as `python -m pytest`
+    sys.path.insert(0, str(ROOT))
+
+import spf  # noqa: E402
+
+from spfmilter.config import DnsServer  # noqa: E402
+from spfmilter.dns import DnsClient, make_resolver  # noqa: E402
+from spfmilter.verify import (  # noqa: E402
+    Address,
+    Identity,
+    SpfOutcome,
+    SpfResult,
+    Verifier,
+    is_spf_domain,
+    normalise_ip,
+    parse_envelope_address,
+)
+from tests.support.dnsserver import DNSServer  # noqa: E402
+
+R = SpfResult
+CLIENT = "192.0.2.10"  # inside 192.0.2.0/24, the network most policies allow
+OTHER = "198.51.100.7"  # allowed by none of them
+CLIENT6 = "2001:db8::25"
+HELO = "helo.example"  # has a policy passing CLIENT
+SENDER = "alice@pass.example"
+
+ZONE = {
+    "pass.example": {"TXT": ["v=spf1 ip4:192.0.2.0/24 -all", "unrelated text"]},
+    "helo.example": {"TXT": "v=spf1 ip4:192.0.2.0/24 -all"},
+    "softfail.example": {"TXT": "v=spf1 ip4:203.0.113.0/24 ~all"},
+    "neutral.example": {"TXT": "v=spf1 ?all"},
+    "default.example": {"TXT": "v=spf1 ip4:203.0.113.1"},
+    "nospf.example": {"TXT": "google-site-verification=abc", "A": "192.0.2.10"},
+    "syntax.example": {"TXT": "v=spf1 ip4:192.0.2.0/24 frobnicate:x -all"},
+    "two.example": {"TXT": ["v=spf1 ip4:192.0.2.0/24 -all", "v=spf1 +all"]},
+    "inclnone.example": {"TXT": "v=spf1 include:nospf.example -all"},
+    "redirnx.example": {"TXT": "v=spf1 redirect=absent.example"},
+    "redirect.example": {"TXT": "v=spf1 redirect=pass.example"},
+    "include.example": {"TXT": "v=spf1 include:pass.example -all"},
+    "a-mech.example": {"TXT": "v=spf1 a -all", "A": "192.0.2.10"},
+    "mx-mech.example": {"TXT": "v=spf1 mx -all", "MX": "10 mail.mx-mech.example."},
+    "mail.mx-mech.example": {"A": "192.0.2.10"},
+    # IPv6
+    "v6.example": {"TXT": "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all"},
+    # macros
+    "macro-i.example": {"TXT": "v=spf1 exists:%{i}.ip.macro.example -all"},
+    "192.0.2.10.ip.macro.example": {"A": "127.0.0.2"},
+    "macro-d.example": {"TXT": "v=spf1 include:%{d}.inc.macro.example -all"},
+    "macro-d.example.inc.macro.example": {"TXT": "v=spf1 ip4:192.0.2.0/24 -all"},
+    "macro-lo.example": {"TXT": "v=spf1 exists:%{l}.%{o}.lo.macro.example -all"},
+    "alice.macro-lo.example.lo.macro.example": {"A": "127.0.0.2"},
+    "route.example": {"TXT": "v=spf1 exists:%{l}.lp.route.example -all"},
+    "alice.lp.route.example": {"A": "127.0.0.2"},
+    "quoted.example": {"TXT": "v=spf1 ip4:192.0.2.0/24 -all"},
+    # exp=
+    "exp.example": {"TXT": "v=spf1 ip4:192.0.2.0/24 -all exp=why.exp.example"},
+    "why.exp.example": {"TXT": "%{i} may not send for %{d} (%{l})"},
+    "expsoft.example": {"TXT": "v=spf1 ~all exp=why.exp.example"},
+    "expmissing.example": {"TXT": "v=spf1 -all exp=nowhere.exp.example"},
+    # RFC 7208 section 4.6.4 limits
+    "ten.example": {"TXT": "v=spf1 " + " ".join(f"a:t{n}.lim.example" for n in range(1, 11)) + " -all"},
+    "eleven.example": {"TXT": "v=spf1 " + " ".join(f"a:t{n}.lim.example" for n in range(1, 12)) + " -all"},
+    **{f"t{n}.lim.example": {"A": f"203.0.113.{n}"} for n in range(1, 12)},
+    "void2.example": {"TXT": "v=spf1 a:v1.void.example a:v2.void.example -all"},
+    "void3.example": {"TXT": "v=spf1 a:v1.void.example a:v2.void.example a:v3.void.example -all"},
+    "v2.void.example": {"TXT": "exists, but has no A record"},
+    "mx10.example": {"TXT": "v=spf1 mx -all",
+                     "MX": [f"{n} m{n}.mx10.example." for n in range(1, 11)]},
+    **{f"m{n}.mx10.example": {"A": f"203.0.113.{n}"} for n in range(1, 10)},
+    "m10.mx10.example": {"A": "192.0.2.10"},
+    "mx11.example": {"TXT": "v=spf1 mx -all",
+                     "MX": [f"{n} m{n}.mx10.example." for n in range(1, 12)]},
+    "loop-a.example": {"TXT": "v=spf1 include:loop-b.example -all"},
+    "loop-b.example": {"TXT": "v=spf1 include:loop-a.example -all"},
+    "loop-self.example": {"TXT": "v=spf1 include:loop-self.example -all"},
+    "loop-redirect.example": {"TXT": "v=spf1 redirect=loop-redirect.example"},
+    # CNAME chains
+    "cname.example": {"CNAME": "cname-mid.example."},
+    "cname-mid.example": {"CNAME": "cname-real.example."},
+    "cname-real.example": {"TXT": "v=spf1 a:host.cname-real.example -all"},
+    "host.cname-real.example": {"CNAME": "hostreal.example."},
+    "hostreal.example": {"A": "192.0.2.10"},
+    # caching of the HELO outcome
+    "reuse.example": {"TXT": "v=spf1 ip4:192.0.2.0/24 -all"},
+}
+
+FAULTS = {"servfail.example": "servfail", "refused.example": "refused"}
+
+
+@pytest.fixture(scope="module")
+def srv(dns_server):
+    dns_server.load(ZONE)
+    for name, mode in FAULTS.items():
+        dns_server.fault(name, mode)
+    return dns_server
+
+
+def client_for(srv: DNSServer, cache_size: int = 10000) -> DnsClient:
+    return DnsClient(make_resolver((DnsServer("127.0.0.1", srv.port),)), cache_size)
+
+
+@pytest.fixture
+def verifier(srv) -> Verifier:
+    return Verifier(client_for(srv), receiver="mx.test", budget=5.0)
+
+
+def queries_during(srv: DNSServer, action):
+    before = len(srv.queries)
+    result = action()
+    return result, srv.queries[before:]
+
+
+# ---------------------------------------------------------------------------
+# results, for MAIL FROM and for HELO
+# ---------------------------------------------------------------------------
+
+RESULTS = [
+    # domain, client ip, result, mechanism
+    ("pass.example", CLIENT, R.PASS, "ip4:192.0.2.0/24"),
+    ("pass.example", OTHER, R.FAIL, "-all"),
+    ("softfail.example", CLIENT, R.SOFTFAIL, "~all"),
+    ("neutral.example", CLIENT, R.NEUTRAL, "?all"),
+    ("default.example", CLIENT, R.NEUTRAL, "default"),
+    ("redirect.example", CLIENT, R.PASS, "ip4:192.0.2.0/24"),
+    ("redirect.example", OTHER, R.FAIL, "-all"),
+    ("include.example", CLIENT, R.PASS, "include:pass.example"),
+    ("include.example", OTHER, R.FAIL, "-all"),
+    ("a-mech.example", CLIENT, R.PASS, "a"),
+    ("mx-mech.example", CLIENT, R.PASS, "mx"),
+    ("mx-mech.example", OTHER, R.FAIL, "-all"),
+    ("nospf.example", CLIENT, R.NONE, None),
+    ("absent.example", CLIENT, R.NONE, None),  # NXDOMAIN
+    ("syntax.example", CLIENT, R.PERMERROR, None),
+    ("two.example", CLIENT, R.PERMERROR, None),
+    ("inclnone.example", CLIENT, R.PERMERROR, None),
+    ("redirnx.example", CLIENT, R.PERMERROR, None),
+    ("servfail.example", CLIENT, R.TEMPERROR, None),
+    ("refused.example", CLIENT, R.TEMPERROR, None),
+    ("cname.example", CLIENT, R.PASS, "a:host.cname-real.example"),
+    ("cname.example", OTHER, R.FAIL, "-all"),
+]
+
+
+def check_outcome(outcome: SpfOutcome, identity, domain, sender, result, mechanism):
+    assert outcome.identity is identity
+    assert outcome.result is result
+    assert outcome.domain == domain
+    assert outcome.sender == sender
+    assert outcome.mechanism == mechanism
+    if result in (R.PERMERROR, R.TEMPERROR):
+        assert isinstance(outcome.problem, str) and outcome.problem
+    else:
+        assert outcome.problem is None
+    assert outcome.explanation is None  # none of these policies has exp=
+
+
+@pytest.mark.parametrize("domain, ip, result, mechanism", RESULTS)
+def test_mailfrom_results(verifier, domain, ip, result, mechanism):
+    helo, mailfrom = verifier.verify(ip, HELO, f"bob@{domain}")
+    check_outcome(mailfrom, Identity.MAILFROM, domain, f"bob@{domain}", result, mechanism)
+    assert helo.identity is Identity.HELO and helo.domain == HELO
+
+
+@pytest.mark.parametrize("domain, ip, result, mechanism", RESULTS)
+def test_helo_results(verifier, domain, ip, result, mechanism):
+    helo, mailfrom = verifier.verify(ip, domain, SENDER)
+    check_outcome(helo, Identity.HELO, domain, f"postmaster@{domain}", result, mechanism)
+    assert mailfrom.identity is Identity.MAILFROM and mailfrom.domain == "pass.example"
+    assert mailfrom.result is (R.PASS if ip == CLIENT else R.FAIL)
+
+
+@pytest.mark.parametrize("domain, fragment", [
+    ("syntax.example", "Unknown mechanism"),
+    ("two.example", "Two or more"),
+    ("inclnone.example", "No valid SPF record for included domain"),
+    ("redirnx.example", "redirect domain has no SPF record"),
+    ("servfail.example", "SERVFAIL"),
+])
+def test_problem_says_why(verifier, domain, fragment):
+    _, mailfrom = verifier.verify(CLIENT, HELO, f"bob@{domain}")
+    assert fragment in mailfrom.problem
+
+
+# ---------------------------------------------------------------------------
+# the null sender
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sender", ["", "<>", " <> ", "< >"])
+@pytest.mark.parametrize("ip, result, mechanism", [
+    (CLIENT, R.PASS, "ip4:192.0.2.0/24"),
+    (OTHER, R.FAIL, "-all"),
+])
+def test_null_sender_is_checked_as_postmaster_at_helo(srv, sender, ip, result, mechanism):
+    verifier = Verifier(client_for(srv, cache_size=0), receiver="mx.test", budget=5.0)
+    (helo, mailfrom), log = queries_during(srv, lambda: verifier.verify(ip, HELO, sender))
+    assert mailfrom == SpfOutcome(Identity.MAILFROM, result, HELO, f"postmaster@{HELO}",
+                                  mechanism=mechanism)
+    assert helo == SpfOutcome(Identity.HELO, result, HELO, f"postmaster@{HELO}", mechanism=mechanism)
+    assert log == [(HELO, "TXT", "udp")]  # one evaluation serves both identities
+
+
+def test_null_sender_with_unusable_helo_is_none_without_queries(verifier, srv):
+    (helo, mailfrom), log = queries_during(srv, lambda: verifier.verify(CLIENT, "[192.0.2.10]", "<>"))
+    assert log == []
+    assert helo.result is R.NONE and mailfrom.result is R.NONE
+    assert mailfrom.identity is Identity.MAILFROM
+    assert mailfrom.sender == "postmaster@[192.0.2.10]"
+
+
+# ---------------------------------------------------------------------------
+# identities that cannot be checked
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("helo", [
+    "[192.0.2.10]", "192.0.2.10", "[IPv6:2001:db8::25]", "2001:db8::25",
+    "localhost", "mailhost", "bad!chars.example", "spa ce.example", "-dash.example",
+    "dots..example", "", "x" * 64 + ".example",
+])
+def test_unusable_helo_is_none_without_any_query(verifier, srv, helo):
+    (outcome, mailfrom), log = queries_during(srv, lambda: verifier.verify(CLIENT, helo, SENDER))
+    assert outcome.identity is Identity.HELO
+    assert outcome.result is R.NONE
+    assert outcome.domain == ""
+    assert outcome.mechanism is None and outcome.explanation is None
+    assert "HELO" in outcome.problem
+    assert {name for name, _, _ in log} == {"pass.example"}  # only the MAIL FROM check
+    assert mailfrom.result is R.PASS
+
+
+@pytest.mark.parametrize("sender, domain, problem", [
+    ("alice", "", "no domain"),
+    ("<alice>", "", "no domain"),
+    ("alice@", "", "no domain"),
+    ("alice@localhost", "localhost", "not a valid domain"),
+    ("alice@[192.0.2.1]", "[192.0.2.1]", "not a valid domain"),
+    ("alice@192.0.2.1", "192.0.2.1", "not a valid domain"),
+    ("alice@bad!chars.example", "bad!chars.example", "not a valid domain"),
+    ("alice@dots..example", "dots..example", "not a valid domain"),
+])
+def test_unusable_sender_domain_is_none_without_any_query(verifier, srv, sender, domain, problem):
+    (helo, outcome), log = queries_during(srv, lambda: verifier.verify(CLIENT, HELO, sender))
+    assert outcome.identity is Identity.MAILFROM
+    assert outcome.result is R.NONE
+    assert outcome.domain == domain
+    assert problem in outcome.problem
+    assert {name for name, _, _ in log} == {HELO}  # only the HELO check
+    assert helo.result is R.PASS
+
+
+# ---------------------------------------------------------------------------
+# envelope parsing
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("<alice@pass.example>", Address("alice", "pass.example")),
+    ("alice@pass.example.", Address("alice", "pass.example")),
+    ("<@relay.example:alice@route.example>", Address("alice", "route.example")),
+    ("<@r1.example,@r2.example:alice@route.example>", Address("alice", "route.example")),
+    ('<"a@b"@quoted.example>', Address('"a@b"', "quoted.example")),
+    ("<>", Address("", "")),
+    ("", Address("", "")),
+    ("alice", Address("alice", "")),
+    ("@pass.example", Address("", "pass.example")),
+])
+def test_parse_envelope_address(raw, expected):
+    assert parse_envelope_address(raw) == expected
+
+
+@pytest.mark.parametrize("sender, ip, result", [
+    ("<@relay.example:alice@route.example>", CLIENT, R.PASS),
+    ("<@r1.example,@r2.example:alice@route.example>", CLIENT, R.PASS),
+    ("<@relay.example:bob@route.example>", CLIENT, R.FAIL),  # %{l} is bob: no such name
+])
+def test_source_route_uses_the_mailbox(verifier, srv, sender, ip, result):
+    (_, outcome), log = queries_during(srv, lambda: verifier.verify(ip, HELO, sender))
+    assert outcome.result is result
+    assert outcome.domain == "route.example"
+    assert outcome.sender == sender.strip("<>").split(":", 1)[1]
+    assert not any("relay" in name or "r1." in name for name, _, _ in log)
+
+
+@pytest.mark.parametrize("ip, result", [(CLIENT, R.PASS), (OTHER, R.FAIL)])
+def test_quoted_local_part_uses_the_domain_after_the_last_at(verifier, srv, ip, result):
+    sender = '"a@b"@quoted.example'
+    (_, outcome), log = queries_during(srv, lambda: verifier.verify(ip, HELO, sender))
+    assert outcome.result is result
+    assert outcome.domain == "quoted.example"
+    assert outcome.sender == sender
+    assert ("quoted.example", "TXT", "udp") in log
+    assert all(name in (HELO, "quoted.example") for name, _, _ in log)
+
+
+def test_empty_local_part_is_postmaster(verifier):
+    _, outcome = verifier.verify(CLIENT, HELO, "<@macro-lo.example>")
+    assert outcome.domain == "macro-lo.example"
+    assert outcome.result is R.FAIL  # %{l} became "postmaster", which has no record
+
+
+# ---------------------------------------------------------------------------
+# client addresses
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("192.0.2.1", "192.0.2.1"),
+    ("::ffff:192.0.2.1", "192.0.2.1"),
+    ("::FFFF:c000:0201", "192.0.2.1"),
+    ("2001:DB8:0:0::1", "2001:db8::1"),
+    ("fe80::1%eth0", "fe80::1"),
+])
+def test_normalise_ip(text, expected):
+    assert normalise_ip(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "example.com", "192.0.2.256", "::ffff:192.0.2"])
+def test_normalise_ip_rejects_non_addresses(text):
+    with pytest.raises(ValueError):
+        normalise_ip(text)
+
+
+@pytest.mark.parametrize("ip, result, mechanism", [
+    (CLIENT6, R.PASS, "ip6:2001:db8::/32"),
+    ("2001:db9::1", R.FAIL, "-all"),
+    (CLIENT, R.PASS, "ip4:192.0.2.0/24"),
+    (normalise_ip("::ffff:192.0.2.1"), R.PASS, "ip4:192.0.2.0/24"),
+    ("::ffff:192.0.2.1", R.PASS, "ip4:192.0.2.0/24"),  # mapped addresses match ip4: too
+    ("::ffff:198.51.100.7", R.FAIL, "-all"),
+])
+def test_ipv6_clients(verifier, ip, result, mechanism):
+    _, outcome = verifier.verify(ip, HELO, "alice@v6.example")
+    assert (outcome.result, outcome.mechanism) == (result, mechanism)
+
+
+def test_ipv6_client_does_not_match_ip4(verifier):
+    _, outcome = verifier.verify(CLIENT6, HELO, "alice@pass.example")
+    assert (outcome.result, outcome.mechanism) == (R.FAIL, "-all")
+
+
+# ---------------------------------------------------------------------------
+# macros
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sender, ip, result, mechanism, queried", [
+    ("x@macro-i.example", CLIENT, R.PASS, "exists:%{i}.ip.macro.example",
+     "192.0.2.10.ip.macro.example"),
+    ("x@macro-i.example", OTHER, R.FAIL, "-all", "198.51.100.7.ip.macro.example"),
+    ("x@macro-d.example", CLIENT, R.PASS, "include:%{d}.inc.macro.example",
+     "macro-d.example.inc.macro.example"),
+    ("alice@macro-lo.example", CLIENT, R.PASS, "exists:%{l}.%{o}.lo.macro.example",
+     "alice.macro-lo.example.lo.macro.example"),
+    ("bob@macro-lo.example", CLIENT, R.FAIL, "-all", "bob.macro-lo.example.lo.macro.example"),
+])
+def test_macros(verifier, srv, sender, ip, result, mechanism, queried):
+    (_, outcome), log = queries_during(srv, lambda: verifier.verify(ip, HELO, sender))
+    assert (outcome.result, outcome.mechanism) == (result, mechanism)
+    assert queried in {name for name, _, _ in log}
+
+
+def test_macro_l_and_o_for_helo_use_postmaster_and_helo(verifier, srv):
+    (outcome, _), log = queries_during(srv, lambda: verifier.verify(CLIENT, "macro-lo.example", SENDER))
+    assert outcome.result is R.FAIL
+    assert "postmaster.macro-lo.example.lo.macro.example" in {name for name, _, _ in log}
+
+
+# ---------------------------------------------------------------------------
+# exp=
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sender, ip, result, explanation", [
+    ("carol@exp.example", OTHER, R.FAIL, "198.51.100.7 may not send for exp.example (carol)"),
+    ("carol@exp.example", CLIENT, R.PASS, None),
+    ("carol@expsoft.example", OTHER, R.SOFTFAIL, None),  # only fail carries it
+    ("carol@expmissing.example", OTHER, R.FAIL, None),  # exp= names nothing: default text
+    ("carol@pass.example", OTHER, R.FAIL, None),  # no exp= at all
+])
+def test_explanation(verifier, sender, ip, result, explanation):
+    _, outcome = verifier.verify(ip, HELO, sender)
+    assert outcome.result is result
+    assert outcome.explanation == explanation
+
+
+def test_explanation_for_helo(verifier, srv):
+    srv.add("exphelo.example", "TXT", "v=spf1 -all exp=why.exp.example")
+    helo, _ = verifier.verify(OTHER, "exphelo.example", SENDER)
+    assert helo.result is R.FAIL
+    assert helo.explanation == "198.51.100.7 may not send for exphelo.example (postmaster)"
+
+
+# ---------------------------------------------------------------------------
+# RFC 7208 section 4.6.4 limits
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("domain, ip, result, mechanism, problem", [
+    ("ten.example", CLIENT, R.FAIL, "-all", None),
+    ("eleven.example", CLIENT, R.PERMERROR, None, "Too many DNS lookups"),
+    ("void2.example", CLIENT, R.FAIL, "-all", None),
+    ("void3.example", CLIENT, R.PERMERROR, None, "Void lookup limit"),
+    ("mx10.example", CLIENT, R.PASS, "mx", None),
+    ("mx10.example", OTHER, R.FAIL, "-all", None),
+    ("mx11.example", CLIENT, R.PERMERROR, None, "More than 10 MX"),
+    ("loop-a.example", CLIENT, R.PERMERROR, None, None),
+    ("loop-self.example", CLIENT, R.PERMERROR, None, None),
+    ("loop-redirect.example", CLIENT, R.PERMERROR, None, None),
+])
+def test_processing_limits(verifier, domain, ip, result, mechanism, problem):
+    started = time.monotonic()
+    _, outcome = verifier.verify(ip, HELO, f"dave@{domain}")
+    assert time.monotonic() - started < 2.0
+    assert outcome.result is result
+    assert outcome.mechanism == mechanism
+    if problem:
+        assert problem in outcome.problem
+
+
+def test_include_loop_stops_at_the_lookup_limit(srv):
+    verifier = Verifier(client_for(srv, cache_size=0), receiver="mx.test", budget=5.0)
+    (_, outcome), log = queries_during(srv, lambda: verifier.verify(CLIENT, HELO, "dave@loop-a.example"))
+    assert outcome.result is R.PERMERROR
+    loop_queries = [name for name, _, _ in log if name.startswith("loop-")]
+    assert 10 <= len(loop_queries) <= 12  # the top record plus at most ten includes
+
+
+# ---------------------------------------------------------------------------
+# the time budget
+# ---------------------------------------------------------------------------
+
+
+def test_budget_is_per_transaction_not_per_lookup():
+    with DNSServer() as slow:
+        slow.default_fault = "timeout"
+        verifier = Verifier(client_for(slow), receiver="mx.test", budget=0.8)
+        started = time.monotonic()
+        helo, mailfrom = verifier.verify(CLIENT, "helo.slow.example", "erin@from.slow.example")
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.3
+        assert helo.result is R.TEMPERROR
+        assert mailfrom.result is R.TEMPERROR
+        assert mailfrom.domain == "from.slow.example"
+        assert "budget exhausted" in mailfrom.problem
+        assert slow.query_count("from.slow.example") == 0  # nothing left to ask with
+
+
+def test_budget_starts_afresh_for_each_transaction():
+    with DNSServer() as slow:
+        slow.add("fine.slow.example", "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
+        slow.fault("late.slow.example", "timeout")
+        verifier = Verifier(client_for(slow), receiver="mx.test", budget=0.3)
+        _, first = verifier.verify(CLIENT, "fine.slow.example", "erin@late.slow.example")
+        assert first.result is R.TEMPERROR
+        helo, second = verifier.verify(CLIENT, "fine.slow.example", "erin@fine.slow.example")
+        assert (helo.result, second.result) == (R.PASS, R.PASS)
+
+
+# ---------------------------------------------------------------------------
+# the HELO outcome cache
+# ---------------------------------------------------------------------------
+
+
+def test_helo_outcome_is_reused_for_the_same_ip_and_helo(srv):
+    # No DNS cache, so any reuse is the Verifier's own.
+    verifier = Verifier(client_for(srv, cache_size=0), receiver="mx.test", budget=5.0)
+    before = srv.query_count("reuse.example")
+    first, _ = verifier.verify(CLIENT, "reuse.example", "a@pass.example")
+    second, _ = verifier.verify(CLIENT, "REUSE.example", "b@softfail.example")
+    assert first.result is R.PASS
+    assert second == first
+    assert srv.query_count("reuse.example") - before == 1
+    verifier.verify(OTHER, "reuse.example", "c@pass.example")  # another client: checked anew
+    assert srv.query_count("reuse.example") - before == 2
+
+
+def test_helo_temperror_is_not_reused(srv):
+    verifier = Verifier(client_for(srv, cache_size=0), receiver="mx.test", budget=5.0)
+    before = srv.query_count("servfail.example")
+    for _ in range(2):
+        helo, _ = verifier.verify(CLIENT, "servfail.example", SENDER)
+        assert helo.result is R.TEMPERROR
+    assert srv.query_count("servfail.example") - before == 2
+
+
+# ---------------------------------------------------------------------------
+# pyspf failing
+# ---------------------------------------------------------------------------
+
+
+def test_unexpected_exception_in_pyspf_is_a_logged_temperror(verifier, monkeypatch, caplog):
+    def boom(self, spf=None):
+        raise RuntimeError("pyspf exploded")
+
+    monkeypatch.setattr(spf.query, "check", boom)
+    with caplog.at_level(logging.ERROR, logger="spfmilter.verify"):
+        helo, mailfrom = verifier.verify(CLIENT, HELO, SENDER)
+    for outcome, domain in ((helo, HELO), (mailfrom, "pass.example")):
+        assert outcome.result is R.TEMPERROR
+        assert outcome.domain == domain
+        assert outcome.problem == "internal error in SPF evaluation: RuntimeError"
+    records = [r for r in caplog.records if r.name == "spfmilter.verify"]
+    assert len(records) == 2
+    assert all(r.levelno == logging.ERROR and r.exc_info and r.exc_info[0] is RuntimeError
+               for r in records)
+    monkeypatch.undo()
+    helo, _ = verifier.verify(CLIENT, HELO, SENDER)  # the temperror was not cached
+    assert helo.result is R.PASS
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("domain, expected", [
+    ("example.com", True), ("mail.example.com.", True), ("_spf.example.com", True),
+    ("localhost", False), ("192.0.2.1", False), ("[192.0.2.1]", False), ("", False),
+    ("a..b", False), ("a-.example", False),
+])
+def test_is_spf_domain(domain, expected):
+    assert is_spf_domain(domain) is expected
+
+
+def test_result_titles():
+    assert [r.title for r in SpfResult] == [
+        "Pass", "Fail", "Softfail", "Neutral", "None", "PermError", "TempError"]
