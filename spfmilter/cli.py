@@ -5,6 +5,7 @@ import argparse
 import logging
 import logging.handlers
 import os
+import socket
 import sys
 from typing import Optional, Sequence
 
@@ -14,14 +15,23 @@ from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, defaults, describe
 log = logging.getLogger("spfmilter")
 
 
-def setup_logging(config: Config, stream=None) -> None:
-    """Route the ``spfmilter`` loggers to stderr or syslog, as configured."""
+def setup_logging(config: Config, stream=None, syslog_address: str = "/dev/log") -> None:
+    """Route the ``spfmilter`` loggers to stderr or syslog, as configured.
+
+    Raises OSError (naming the socket) when syslog is asked for but cannot be reached.
+    """
     root = logging.getLogger("spfmilter")
     for handler in list(root.handlers):
         root.removeHandler(handler)
     if config.log_destination.value == "syslog":
         facility = logging.handlers.SysLogHandler.facility_names[config.syslog_facility]
-        handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log", facility=facility)
+        # SysLogHandler silently drops messages when the socket is missing; find out now.
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+                probe.connect(syslog_address)
+        except OSError as exc:
+            raise OSError(f"cannot log to syslog at {syslog_address}: {exc.strerror or exc}") from None
+        handler: logging.Handler = logging.handlers.SysLogHandler(address=syslog_address, facility=facility)
         handler.setFormatter(logging.Formatter("spfmilter[%(process)d]: %(message)s"))
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
@@ -83,12 +93,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for line in describe(config):
             print(line)
         return 0
+    try:
+        setup_logging(config)
+    except OSError as exc:
+        print(f"spfmilter: {exc}", file=sys.stderr)
+        return 1
     if args.command == "check":
         from .checkcmd import run_check
 
-        setup_logging(config)
         return run_check(config, args.ip, args.helo, args.sender, args.recipient, args.auth_user)
-    setup_logging(config)
     if config.source == "<built-in defaults>":
         log.info("no configuration file at %s; using built-in defaults", DEFAULT_CONFIG_PATH)
     from .server import serve

@@ -101,6 +101,7 @@ class SpfMilter(Milter.Base):
         self.config = service.config
         self._failed = False
         self._client_ip: Optional[str] = None
+        self._local = False
         self._client_name = ""
         self._helo = ""
         self._verifier = Verifier(service.dns, self.config.receiver, self.config.dns_timeout)
@@ -132,6 +133,7 @@ class SpfMilter(Milter.Base):
     def connect(self, hostname, family, hostaddr):
         self._client_name = clean(hostname or "", 255)
         self._client_ip = None
+        self._local = family == socket.AF_UNIX
         if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
             address = hostaddr[0] if isinstance(hostaddr, (tuple, list)) else hostaddr
             try:
@@ -160,6 +162,7 @@ class SpfMilter(Milter.Base):
             client_name=self._client_name,
             auth_user=self.getsymval("{auth_authen}") or None,
             queue_id=self._queue_id,
+            local=self._local,
         )
         self._tx = _Transaction(evaluate(facts, self.config, self._verifier.verify))
         return Milter.CONTINUE

@@ -15,12 +15,13 @@ from .verify import Identity, SpfOutcome, SpfResult, parse_envelope_address
 class Facts:
     """What the MTA told us about one transaction."""
 
-    client_ip: Optional[str]  # None for local (unix-socket) or unknown clients
+    client_ip: Optional[str]  # None when the MTA did not give a usable IP address
     helo: str
     sender: str  # as given in MAIL FROM, angle brackets stripped; "" is the null sender
     client_name: str = ""
     auth_user: Optional[str] = None  # {auth_authen}
     queue_id: Optional[str] = None
+    local: bool = False  # connected over a unix socket (local submission, e.g. sendmail -bs)
 
 
 class Action(str, enum.Enum):
@@ -51,15 +52,16 @@ ACCEPT = Decision(Action.ACCEPT)
 
 def trust_reason(facts: Facts, config: Config) -> Optional[str]:
     """Why this client is not checked, or None when it must be."""
-    if facts.client_ip is None:
+    if facts.local:
         return "local client"
     try:
-        address = ipaddress.ip_address(facts.client_ip)
+        address = ipaddress.ip_address(facts.client_ip) if facts.client_ip else None
     except ValueError:
-        return None
-    for network in config.trusted_networks:
-        if address.version == network.version and address in network:
-            return f"trusted network {network}"
+        address = None
+    if address is not None:
+        for network in config.trusted_networks:
+            if address.version == network.version and address in network:
+                return f"trusted network {network}"
     if config.trust_authenticated and facts.auth_user:
         return "authenticated sender"
     return None

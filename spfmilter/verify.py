@@ -147,8 +147,14 @@ class Verifier:
         self._clock = clock
         self._helo_cache: dict[tuple[str, str], SpfOutcome] = {}
 
-    def verify(self, ip: str, helo: str, sender: str) -> tuple[SpfOutcome, SpfOutcome]:
+    def verify(self, ip: Optional[str], helo: str, sender: str) -> tuple[SpfOutcome, SpfOutcome]:
         """Both identities for one transaction, within one DNS time budget."""
+        if ip is None:  # SPF is a statement about an IP address; without one there is nothing to check
+            address = parse_envelope_address(sender)
+            why = "client IP address unknown"
+            return (SpfOutcome(Identity.HELO, SpfResult.NONE, "", f"postmaster@{helo}", problem=why),
+                    SpfOutcome(Identity.MAILFROM, SpfResult.NONE, address.domain,
+                               address.text or f"postmaster@{helo}", problem=why))
         deadline = _Deadline(self._budget, self._clock)
         helo_outcome = self._helo(ip, helo, deadline)
         address = parse_envelope_address(sender)

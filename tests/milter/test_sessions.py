@@ -410,3 +410,20 @@ def test_internal_error_ends_in_the_configured_answer_and_the_milter_keeps_servi
     _, mods, _ = run(milter, sender="<a@fail.example>")
     assert ar_results(mods)["mailfrom"][0] == "fail"
     assert milter.proc.poll() is None
+
+
+def test_unix_socket_client_is_local_and_unknown_family_is_checked(milter):
+    client = milter.client()
+    client.connect("localhost", "/var/run/smtp.sock", family="L")
+    client.helo("helo.example")
+    replies, mods, _ = run(milter, sender="<x@fail.example>", client=client)
+    client.quit()
+    assert mods == [] and 'skipped="local client"' in milter.logs()
+    client = milter.client()
+    client.connect("unknown", family="U")
+    client.helo("helo.example")
+    _, mods, _ = run(milter, sender="<x@fail.example>", client=client)
+    client.quit()
+    results = ar_results(mods)
+    assert results["mailfrom"] == ("none", "x@fail.example") and results["helo"][0] == "none"
+    assert "problem=\"client IP address unknown\"" in milter.log_lines("identity=mailfrom")[-1]

@@ -525,7 +525,7 @@ def test_log_line_null_sender_and_unknown_client():
 
 
 @pytest.mark.parametrize("why, facts, expected", [
-    ("local client", Facts(None, "localhost", ""),
+    ("local client", Facts(None, "localhost", "", local=True),
      "None; skipped=\"local client\"; client-ip=local; helo=localhost; envelope-from=<>; action=accept"),
     ("trusted network 127.0.0.0/8", Facts("127.0.0.1", "x; action=reject", SENDER, queue_id="Q1"),
      ('None; skipped="trusted network 127.0.0.0/8"; client-ip=127.0.0.1; helo="x; action=reject"; '

@@ -265,8 +265,9 @@ def test_hostile_domain_sender_problem_give_safe_replies(hostile, result, cfgtex
 # --------------------------------------------------------------------------- trust_reason()
 
 @pytest.mark.parametrize("cfgtext, client_ip, auth_user, expected", [
-    ("", None, None, "local client"),
-    ("trusted_networks =", None, None, "local client"),
+    ("", None, None, None),  # an unknown address is not trusted; verification gives none
+    ("trusted_networks =", None, None, None),
+    ("", None, "alice", "authenticated sender"),
     ("", "127.0.0.1", None, "trusted network 127.0.0.0/8"),
     ("", "127.9.9.9", None, "trusted network 127.0.0.0/8"),
     ("", "::1", None, "trusted network ::1/128"),
@@ -290,11 +291,16 @@ def test_hostile_domain_sender_problem_give_safe_replies(hostile, result, cfgtex
     ("", "192.0.2.1", "", None),
     ("", "127.0.0.1", "alice", "trusted network 127.0.0.0/8"),  # network is named first
     ("", "not-an-ip", None, None),
-    ("", "not-an-ip", "alice", None),
+    ("", "not-an-ip", "alice", "authenticated sender"),
 ])
 def test_trust_reason(cfgtext, client_ip, auth_user, expected):
     facts = Facts(client_ip, HELO, SENDER, auth_user=auth_user)
     assert trust_reason(facts, config(cfgtext)) == expected
+
+
+@pytest.mark.parametrize("cfgtext", ["", "trusted_networks =", "trust_authenticated = no"])
+def test_unix_socket_clients_are_local_and_trusted(cfgtext):
+    assert trust_reason(Facts(None, HELO, SENDER, local=True), config(cfgtext)) == "local client"
 
 
 def test_evaluate_skips_trusted_clients_without_verifying():

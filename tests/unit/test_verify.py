@@ -540,3 +540,16 @@ def test_is_spf_domain(domain, expected):
 def test_result_titles():
     assert [r.title for r in SpfResult] == [
         "Pass", "Fail", "Softfail", "Neutral", "None", "PermError", "TempError"]
+
+
+def test_unknown_client_address_gives_none_for_both_identities_without_dns():
+    from spfmilter.dns import DnsClient
+
+    class NoDns:
+        def resolve(self, *args, **kwargs):
+            raise AssertionError("no DNS query may be made without a client address")
+
+    verifier = Verifier(DnsClient(NoDns(), 0), receiver="mx.test", budget=1.0)
+    helo, mailfrom = verifier.verify(None, "mx.example.net", "a@example.org")
+    assert (helo.result, helo.problem) == (SpfResult.NONE, "client IP address unknown")
+    assert (mailfrom.result, mailfrom.sender, mailfrom.domain) == (SpfResult.NONE, "a@example.org", "example.org")
