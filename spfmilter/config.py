@@ -98,6 +98,7 @@ class Config:
     dns_servers: tuple = ()
     dns_cache_size: int = 10000
     on_error: ErrorAction = ErrorAction.TEMPFAIL
+    workers: int = 0
     log_destination: LogDestination = LogDestination.STDERR
     log_level: str = "info"
     syslog_facility: str = "mail"
@@ -269,6 +270,16 @@ def parse_dns_servers(text: str) -> tuple:
     return tuple(servers)
 
 
+def parse_workers(text: str) -> int:
+    """``auto`` (stored as 0) or a number of worker processes from 1 to 64."""
+    value = text.strip().lower()
+    if value == "auto":
+        return 0
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 64:
+        raise ValueError("expected auto or a number from 1 to 64")
+    return int(value)
+
+
 def parse_log_level(text: str) -> str:
     value = text.strip().lower()
     if value not in ("debug", "info", "warning", "error"):
@@ -329,6 +340,9 @@ KEYS: tuple[Key, ...] = (
         "Number of DNS answers kept in the in-process cache (TTL honoured). 0 turns the cache off."),
     Key("on_error", _enum_parser(ErrorAction), "tempfail",
         "Answer when the milter hits an internal error: `tempfail` or `accept`."),
+    Key("workers", parse_workers, "auto",
+        "Worker processes sharing the socket (each with its own DNS cache): a number, or `auto` for one per "
+        "CPU core (at most 8)."),
     Key("log_destination", _enum_parser(LogDestination), "stderr",
         "`stderr` or `syslog` (via /dev/log)."),
     Key("log_level", parse_log_level, "info", "`debug`, `info`, `warning` or `error`."),
@@ -414,10 +428,10 @@ def describe(config: Config) -> Iterable[str]:
     """The effective configuration as ``key = value`` lines (for --check-config)."""
     for key in KEYS:
         value = getattr(config, key.name)
-        yield f"{key.name} = {format_value(value)}"
+        yield f"{key.name} = {format_value(value, key.name)}"
 
 
-def format_value(value: object) -> str:
+def format_value(value: object, name: str = "") -> str:
     if isinstance(value, enum.Enum):
         return str(value.value)
     if isinstance(value, bool):
@@ -430,6 +444,8 @@ def format_value(value: object) -> str:
             else f"{v.address}:{v.port}" if isinstance(v, DnsServer) else str(v)
             for v in value
         )
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0 and name == "workers":
+        return "auto"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

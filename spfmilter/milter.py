@@ -36,7 +36,9 @@ log = logging.getLogger("spfmilter")
 
 # Stages we never want; libmilter tells the MTA to skip them (fewer round trips).
 SKIPPED_STAGES = Milter.P_NOBODY | Milter.P_NOEOH | Milter.P_NODATA | Milter.P_NOUNKNOWN
-# Stages whose reply the MTA need not wait for.
+# Stages whose reply the MTA need not wait for.  Only used on unix sockets: over TCP
+# an unanswered packet is ACKed late (delayed ACK, ~40 ms), and the MTA's next small
+# write waits for that ACK (Nagle), so a reply that carries the ACK is much faster.
 NO_REPLY_STAGES = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_HDR
 ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS
 
@@ -115,7 +117,10 @@ class SpfMilter(Milter.Base):
         try:
             offered_actions, offered_protocol, _, _ = opts
             self._actions = offered_actions & ACTIONS
-            wanted = offered_protocol & (SKIPPED_STAGES | NO_REPLY_STAGES)
+            wanted = SKIPPED_STAGES
+            if self.config.socket.family == "unix":
+                wanted |= NO_REPLY_STAGES
+            wanted &= offered_protocol
             self._protocol = wanted
             opts[0] = self._actions
             opts[1] = wanted

@@ -8,6 +8,9 @@ SIGTERM/SIGINT itself (in its own signal thread) and then returns from
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
 import threading
 import time
 from typing import Callable, Optional
@@ -15,7 +18,8 @@ from typing import Callable, Optional
 import Milter
 import milter
 
-from .config import Config
+from . import __version__
+from .config import Config, SocketSpec
 from .dns import DnsClient, make_resolver
 from .milter import ACTIONS, Service, SpfMilter
 
@@ -100,9 +104,79 @@ def register(factory: Callable[[], SpfMilter], sessions: Sessions) -> None:
     )
 
 
+def find_listener(spec: SocketSpec) -> Optional[int]:
+    """The fd of libmilter's listening socket (pymilter does not expose it).
+
+    Found by scanning our own open fds for a listening socket bound to the configured
+    address; returns a duplicate the caller must close, or None.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fd = os.dup(int(name))
+        except (OSError, ValueError):
+            continue
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            continue
+        try:
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                continue
+            bound = sock.getsockname()
+            if spec.family == "unix":
+                matches = bound == spec.address
+            else:
+                matches = isinstance(bound, tuple) and bound[1] == spec.port
+            if matches:
+                return sock.detach()
+        except OSError:
+            continue
+        finally:
+            if sock.fileno() != -1:
+                sock.close()
+    return None
+
+
+def tune_listener(spec: SocketSpec) -> None:
+    """TCP_NODELAY and non-blocking accept on libmilter's listening socket.
+
+    libmilter writes end-of-message replies as several small packets without
+    TCP_NODELAY, so each message waits for the MTA's delayed ACK (~40 ms).  Linux
+    copies socket options from a listening socket to the sockets it accepts, so
+    setting it once on the listener fixes every connection.  Non-blocking accept
+    lets several worker processes share the listener: a worker that loses the race
+    for a connection gets EAGAIN instead of blocking inside libmilter.
+    """
+    fd = find_listener(spec)
+    if fd is None:
+        log.warning("could not find the listening socket for %s; running without TCP_NODELAY", spec)
+        return
+    try:
+        sock = socket.socket(fileno=fd)
+        if spec.family != "unix":
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)  # O_NONBLOCK lives on the shared open file description
+    finally:
+        sock.close()
+
+
+def resolve_workers(setting: int) -> int:
+    """``workers = 0`` means one per CPU core (at most 8)."""
+    if setting > 0:
+        return setting
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
 def serve(config: Config, service: Optional[Service] = None,
           drain_timeout: float = DRAIN_TIMEOUT) -> int:
-    """Run the milter until SIGTERM/SIGINT; return the process exit status."""
+    """Run the milter until SIGTERM/SIGINT; return the process exit status.
+
+    With one worker, libmilter runs in this process.  With several, this process
+    opens the socket, forks the workers (each runs libmilter's loop on the shared
+    listener, with its own DNS cache) and supervises them: SIGTERM/SIGINT is passed
+    on to every worker, and a worker that dies unexpectedly is replaced.
+    """
     service = service or make_service(config)
     sessions = Sessions()
     register(lambda: SpfMilter(service), sessions)
@@ -112,8 +186,18 @@ def serve(config: Config, service: Optional[Service] = None,
     except milter.error as exc:
         log.error("cannot listen on %s: %s", config.socket, exc)
         return 1
-    log.info("spfmilter listening on %s (mode=%s, header_type=%s, authserv_id=%s)",
-             config.socket, config.mode.value, config.header_type.value, config.authserv_id)
+    tune_listener(config.socket)
+    workers = resolve_workers(config.workers)
+    log.info("spfmilter %s listening on %s (mode=%s, header_type=%s, authserv_id=%s, workers=%d)",
+             __version__, config.socket, config.mode.value, config.header_type.value,
+             config.authserv_id, workers)
+    if workers == 1:
+        return run_worker(sessions, drain_timeout)
+    return Supervisor(workers, lambda: run_worker(sessions, drain_timeout)).run()
+
+
+def run_worker(sessions: Sessions, drain_timeout: float) -> int:
+    """libmilter's loop in this process; on SIGTERM, let the sessions in flight finish."""
     try:
         milter.main()
     except milter.error as exc:
@@ -127,3 +211,93 @@ def serve(config: Config, service: Optional[Service] = None,
         return 1
     log.info("stopped after %.1f s of draining", time.monotonic() - started)
     return 0
+
+
+_SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP}
+RESPAWN_DELAY = 1.0
+
+
+class Supervisor:
+    """Forks and watches worker processes that share one listening socket.
+
+    The parent never calls ``milter.main()`` (that would start libmilter's signal
+    thread here); it only waits for signals with the signal mask, so no Python
+    signal handler is involved.
+    """
+
+    def __init__(self, count: int, work: Callable[[], int]):
+        self.count = count
+        self.work = work
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.stopping = False
+
+    def _spawn(self, slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # worker
+            code = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+                log.info("worker %d started (pid %d)", slot, os.getpid())
+                code = self.work()
+            except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
+                log.exception("worker %d failed", slot)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = slot
+
+    def run(self) -> int:
+        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+        for slot in range(self.count):
+            self._spawn(slot)
+        worst = 0
+        pending_respawn: list[int] = []
+        while self.children:
+            timeout = RESPAWN_DELAY if pending_respawn else None
+            info = signal.sigtimedwait(_SUPERVISOR_SIGNALS, timeout) if timeout else \
+                signal.sigwaitinfo(_SUPERVISOR_SIGNALS)
+            if info is None:  # respawn delay over
+                if not self.stopping:
+                    for slot in pending_respawn:
+                        log.warning("restarting worker %d", slot)
+                        self._spawn(slot)
+                pending_respawn = []
+                continue
+            if info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+                self.stopping = True
+                log.info("stopping %d worker(s)", len(self.children))
+                for pid in self.children:
+                    _kill(pid, signal.SIGTERM)
+            elif info.si_signo == signal.SIGHUP:
+                log.info("SIGHUP ignored: restart the service to apply a new configuration")
+            for pid, status in _reap():
+                slot = self.children.pop(pid, None)
+                if slot is None:
+                    continue
+                code = os.waitstatus_to_exitcode(status)
+                if self.stopping:
+                    worst = max(worst, abs(code))
+                    continue
+                log.error("worker %d (pid %d) exited unexpectedly with status %d", slot, pid, code)
+                pending_respawn.append(slot)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+        log.info("all workers stopped")
+        return 0 if worst == 0 else 1
+
+
+def _reap():
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

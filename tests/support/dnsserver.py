@@ -788,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zone", help="JSON file in DNSServer.load() form")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds")
     parser.add_argument("--ttl", type=int, default=300)
+    parser.add_argument("--faults", help="JSON file: a list of [name, mode] or [name, mode, qtype]")
+    parser.add_argument("--stats-file", help="write {\"queries\": N, ...} as JSON here on exit")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -797,6 +799,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.zone, encoding="utf-8") as fh:
             server.load(json.load(fh), ttl=args.ttl)
     server.latency = args.latency
+    if args.faults:
+        with open(args.faults, encoding="utf-8") as fh:
+            for entry in json.load(fh):
+                server.fault(entry[0], entry[1], qtype=entry[2] if len(entry) > 2 else None)
 
     done = threading.Event()
 
@@ -812,6 +818,11 @@ def main(argv: list[str] | None = None) -> int:
             pass
     finally:
         server.stop()
+        if args.stats_file:
+            queries = server.queries
+            with open(args.stats_file, "w", encoding="utf-8") as fh:
+                json.dump({"queries": len(queries),
+                           "distinct": len({(name, qtype) for name, qtype, _ in queries})}, fh)
     return 0
 
 

@@ -551,6 +551,9 @@ class MilterClient:
         self.offered_actions: Optional[int] = None
         self.offered_protocol: Optional[int] = None
         self.transcript: list[tuple[str, bytes, bytes]] = []
+        # While not None, writes are collected here and sent in one go (see _corked_send):
+        # like Postfix, the macro packet and its command travel in a single write.
+        self._cork: Optional[list[bytes]] = None
         self._body_skipped = False
 
     # -- context manager ---------------------------------------------------
@@ -688,6 +691,9 @@ class MilterClient:
 
     def raw_write(self, raw: bytes) -> None:
         """Write arbitrary bytes to the socket (no framing at all)."""
+        if self._cork is not None:
+            self._cork.append(raw)
+            return
         sock = self._require_open()
         try:
             sock.sendall(raw)
@@ -840,6 +846,16 @@ class MilterClient:
         payload = cmd + b"".join(_z(k, "macro name") + _z(v, "macro value") for k, v in items)
         self.raw_send(SMFIC_MACRO, payload)
 
+    def _corked_send(self, stage: str, cmd: bytes, data: bytes, macros: Optional[Mapping]) -> None:
+        """The stage's macro packet (if any) and its command packet in one write."""
+        self._cork = []
+        try:
+            self._send_macros(stage, cmd, macros)
+            self.raw_send(cmd, data)
+        finally:
+            buffered, self._cork = b"".join(self._cork), None
+        self.raw_write(buffered)
+
     def send_macros(self, cmd: StrOrBytes, macros: Mapping) -> None:
         """Send a 'D' packet for command ``cmd`` unconditionally."""
         if isinstance(cmd, str):
@@ -857,8 +873,7 @@ class MilterClient:
         self._require_open()
         if st.no_flag and self._negotiated(st.no_flag):
             return Reply("skipped")
-        self._send_macros(stage, st.cmd, macros)
-        self.raw_send(st.cmd, data)
+        self._corked_send(stage, st.cmd, data, macros)
         if st.nr_flag and self._negotiated(st.nr_flag):
             return Reply("noreply")
         return self._read_reply(stage)
@@ -960,8 +975,7 @@ class MilterClient:
         Progress packets are skipped.
         """
         self._require_open()
-        self._send_macros("eom", SMFIC_BODYEOB, macros)
-        self.raw_send(SMFIC_BODYEOB, b"")
+        self._corked_send("eom", SMFIC_BODYEOB, b"", macros)
         mods: list = []
         reply = self._read_reply("eom", mods)
         self._body_skipped = False

@@ -1,0 +1,110 @@
+"""Process helpers for the benchmark: start, find the tree, sample memory, stop."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read().decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in KiB of one process; (0, 0) if it is gone."""
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, pss
+
+
+@dataclass
+class MemorySampler:
+    """Samples the summed RSS and PSS of a process tree in a thread; keeps the peaks."""
+
+    pid: int
+    interval: float = 0.2
+    peak_rss_kib: int = 0
+    peak_pss_kib: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def sample(self) -> None:
+        total_rss = total_pss = 0
+        for pid in tree(self.pid):
+            rss, pss = memory_kib(pid)
+            total_rss += rss
+            total_pss += pss
+        self.peak_rss_kib = max(self.peak_rss_kib, total_rss)
+        self.peak_pss_kib = max(self.peak_pss_kib, total_pss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __exit__(self, *exc):
+        self.sample()
+        self._stop.set()
+        self._thread.join()
+
+
+def wait_line(proc: subprocess.Popen, prefix: str, timeout: float = 30.0) -> str:
+    """Read the child's stdout until a line starting with ``prefix`` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"process exited before printing {prefix!r} (rc={proc.poll()})")
+        if line.startswith(prefix):
+            return line.strip()
+    raise RuntimeError(f"no {prefix!r} line within {timeout}s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
