@@ -738,6 +738,7 @@ class _Builder:
                 by_helo.setdefault(host.helo, []).append(host)
         for helo, h4, h6 in groups:
             by_helo.setdefault(helo, []).extend(h4 + h6)
+        self.helo_names = list(by_helo)
         for helo, hosts in by_helo.items():
             self.add(helo, "TXT", "v=spf1 a -all")
             for host in hosts:
@@ -828,15 +829,15 @@ class _Builder:
             return "v=spf1 " + " ".join(terms + tail), h4 + [h for p in providers for h in p.hosts]
         if kind == "redirect":
             self.site_records(domain)
-            if rng.random() < 0.5 and final in ("~all", ""):  # the hosting company's policy ends in ~all
+            if rng.random() < 0.5 and final == "~all":  # the hosting company's policy ends in ~all
                 webhost = self.providers["webhost"]
                 return f"v=spf1 redirect={webhost.entry}", list(webhost.hosts)
-            helo, h4, h6 = self.own_group()
+            _, h4, _ = self.own_group()
             nets = " ".join(f"ip4:{ipaddress.ip_network(f'{h.ip}/{rng.choice((32, 28))}', strict=False)}" for h in h4)
             self.add(f"_spf.{domain}", "TXT", f"v=spf1 {nets} {final}".rstrip())
             return f"v=spf1 redirect=_spf.{domain}", h4
         if kind == "exists":
-            helo, h4, h6 = self.own_group()
+            _, h4, _ = self.own_group()
             if rng.random() < 0.5:
                 spec = "%{i}._spf.%{d}"
                 names = [f"{h.ip}._spf.{domain}" for h in h4]
@@ -851,7 +852,7 @@ class _Builder:
 
     def permerror_policy(self, domain: str, kind: str) -> None:
         rng = self.rng
-        helo, h4, h6 = self.own_group()
+        _, h4, _ = self.own_group()
         own = f"ip4:{ipaddress.ip_network(f'{h4[0].ip}/{rng.choice((32, 28, 24))}', strict=False)}"
         provider = self.providers[rng.choice(("googol", "chimp", "ses", "outlook"))]
         self.site_records(domain)
@@ -890,7 +891,7 @@ class _Builder:
             for n in range(12):
                 self.add(domain, "MX", f"{10 * (n + 1)} mx{n + 1}.{domain}")
             self.add(f"mx1.{domain}", "A", h4[0].ip)
-            self.add(domain, "TXT", f"v=spf1 mx -all")
+            self.add(domain, "TXT", "v=spf1 mx -all")
         else:
             raise AssertionError(kind)
 
@@ -950,7 +951,8 @@ class _Builder:
         self.check_names()
         cases = self.make_cases(domains)
         meta = {"n_domains": self.n_domains, "n_helos": self.n_helos, "seed": self.seed,
-                "cases_per_domain": self.cases_per_domain, "ipv6_share": self.ipv6_share}
+                "cases_per_domain": self.cases_per_domain, "ipv6_share": self.ipv6_share,
+                "helos": self.helo_names}
         return World(zones=self.zones, faults=list(self.faults), cases=cases, meta=meta)
 
     def check_names(self) -> None:

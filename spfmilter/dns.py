@@ -24,6 +24,9 @@ import dns.resolver
 SUPPORTED_TYPES = ("A", "AAAA", "MX", "PTR", "TXT")
 MAX_CACHE_TTL = 86400
 NEGATIVE_TTL_CAP = 3600
+# RFC 2308 section 7.1: a server failure may be cached, for at most five minutes.
+# A short time keeps a broken domain from costing a query per message.
+SERVER_FAILURE_TTL = 30.0
 # One unanswered UDP attempt per server is retried after this long, within the budget.
 PER_TRY_TIMEOUT = 2.0
 
@@ -36,6 +39,7 @@ class DnsTempError(Exception):
 class Answer:
     values: tuple
     nxdomain: bool = False
+    failure: str = ""  # a cached server failure (SERVFAIL/REFUSED): raise it again
 
 
 class TtlCache:
@@ -111,6 +115,8 @@ class DnsClient:
         key = (name.lower().rstrip("."), qtype)
         cached = self.cache.get(key)
         if cached is not None:
+            if cached.failure:
+                raise DnsTempError(cached.failure)
             return cached
         remaining = deadline - self._clock()
         if remaining <= 0:
@@ -125,7 +131,9 @@ class DnsClient:
         except dns.resolver.LifetimeTimeout:
             raise DnsTempError(f"DNS timeout looking up {key[0]}/{qtype}") from None
         except dns.resolver.NoNameservers as exc:
-            raise DnsTempError(f"DNS server failure for {key[0]}/{qtype}: {_rcodes(exc)}") from None
+            message = f"DNS server failure for {key[0]}/{qtype}: {_rcodes(exc)}"
+            self.cache.put(key, Answer((), failure=message), SERVER_FAILURE_TTL)
+            raise DnsTempError(message) from None
         except dns.resolver.YXDOMAIN:
             raise DnsTempError(f"DNS name too long after DNAME for {key[0]}") from None
         except dns.exception.DNSException as exc:

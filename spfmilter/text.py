@@ -22,6 +22,8 @@ def clean(text: object, limit: int = VALUE_LIMIT) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     text = str(text)
+    if text.isascii() and text.isprintable():  # the common case, checked at C speed
+        return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
     out = []
     for char in text:
         category = unicodedata.category(char)

@@ -204,6 +204,9 @@ class DNSServer:
         # zone data: Name (case-insensitive hash/eq) -> {rdtype: Rdataset}
         self._data: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]] = {}
         # faults: (name_key, qtype_text or None) -> mode
+        # Negative answers carry an SOA (RFC 2308) unless a test turns this off.
+        self.negative_soa = True
+        self.negative_ttl = 300
         self._faults: dict[tuple[str, str | None], str] = {}
         self._default_fault: str | None = None
         self._latency: float = 0.0
@@ -614,7 +617,18 @@ class DNSServer:
 
         response.set_rcode(rcode)
         response.answer = answer
+        if self.negative_soa and not any(rrset.rdtype == qtype for rrset in answer):
+            # RFC 2308 section 3: NXDOMAIN and NODATA answers carry the zone's SOA, whose
+            # MINIMUM (and TTL) bound how long resolvers may cache the negative answer.
+            response.authority = [self._negative_soa_rrset(qname)]
         return self._render(response, query, proto), delay
+
+    def _negative_soa_rrset(self, qname: dns.name.Name) -> dns.rrset.RRset:
+        labels = qname.labels
+        apex = dns.name.Name(labels[-3:]) if len(labels) >= 3 else qname  # the last two labels
+        ttl = int(self.negative_ttl)
+        return dns.rrset.from_text(apex, ttl, "IN", "SOA",
+                                   f"ns.{apex.to_text()} hostmaster.{apex.to_text()} 1 3600 600 86400 {ttl}")
 
     @staticmethod
     def _udp_limit(query: dns.message.Message) -> int:

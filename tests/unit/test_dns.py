@@ -29,6 +29,7 @@ from spfmilter.config import DnsServer  # noqa: E402
 from spfmilter.dns import (  # noqa: E402
     MAX_CACHE_TTL,
     NEGATIVE_TTL_CAP,
+    SERVER_FAILURE_TTL,
     Answer,
     DnsClient,
     DnsTempError,
@@ -317,8 +318,33 @@ def test_ttl_cache_directly():
 # ---------------------------------------------------------------------------
 
 
-def test_nxdomain_without_soa_is_not_cached(srv):
+@pytest.fixture
+def no_soa(srv):
+    """Make the server leave the SOA out of negative answers, for this test only."""
+    srv.negative_soa = False
+    yield srv
+    srv.negative_soa = True
+
+
+def test_nxdomain_with_soa_is_cached_for_the_soa_minimum(srv):
+    clock = FakeClock()
+    srv.negative_ttl = 60
+    try:
+        client = client_for(srv, clock=clock)
+        assert lookup(client, "gone2.neg.example", "TXT", clock) == Answer((), nxdomain=True)
+        clock.now += 59
+        assert lookup(client, "gone2.neg.example", "TXT", clock) == Answer((), nxdomain=True)
+        assert srv.query_count("gone2.neg.example") == 1
+        clock.now += 2
+        lookup(client, "gone2.neg.example", "TXT", clock)
+        assert srv.query_count("gone2.neg.example") == 2
+    finally:
+        srv.negative_ttl = 300
+
+
+def test_nxdomain_without_soa_is_not_cached(no_soa):
     """RFC 2308 section 5: negative answers without an SOA SHOULD NOT be cached."""
+    srv = no_soa
     client = client_for(srv)
     for _ in range(2):
         assert lookup(client, "gone.neg.example", "TXT") == Answer((), nxdomain=True)
@@ -326,8 +352,9 @@ def test_nxdomain_without_soa_is_not_cached(srv):
     assert client.queries == 2
 
 
-def test_nodata_without_soa_is_not_cached(srv):
+def test_nodata_without_soa_is_not_cached(no_soa):
     """RFC 2308 section 5 applies to NODATA as to NXDOMAIN: no SOA, no caching."""
+    srv = no_soa
     srv.add("empty.neg.example", "A", "192.0.2.14")
     client = client_for(srv)
     for _ in range(2):
@@ -438,17 +465,23 @@ def test_server_faults_become_temp_errors_within_the_deadline(srv, fault, words)
         assert word in message
     assert len(message) < 300 and "\n" not in message
     assert srv.query_count(name) >= 1
-    assert len(client.cache) == 0  # errors are never cached
+    # server failures are remembered briefly (RFC 2308 section 7.1); time-outs and garbage are not
+    assert len(client.cache) == (1 if fault in ("servfail", "refused") else 0)
 
 
-def test_servfail_is_retried_on_the_next_lookup(srv):
+def test_servfail_is_cached_briefly_then_retried(srv):
+    """RFC 2308 section 7.1: a server failure may be cached, for at most five minutes."""
     srv.add("flaky.err.example", "A", "192.0.2.15")
     srv.fault("flaky.err.example", "servfail")
-    client = client_for(srv)
-    with pytest.raises(DnsTempError):
-        lookup(client, "flaky.err.example", "A")
+    clock = FakeClock()
+    client = client_for(srv, clock=clock)
+    for _ in range(3):
+        with pytest.raises(DnsTempError, match="SERVFAIL"):
+            lookup(client, "flaky.err.example", "A", clock)
+    assert srv.query_count("flaky.err.example") == 1
     srv.fault("flaky.err.example", None)
-    assert lookup(client, "flaky.err.example", "A") == Answer(("192.0.2.15",))
+    clock.now += SERVER_FAILURE_TTL + 0.1
+    assert lookup(client, "flaky.err.example", "A", clock) == Answer(("192.0.2.15",))
     assert srv.query_count("flaky.err.example") == 2
 
 
