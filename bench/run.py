@@ -102,11 +102,13 @@ def start_dns(workdir: Path, world_path: Path, faults_path: Path, latency: float
     return proc, int(line.split()[-1]), stats
 
 
-def start_spfmilter(workdir: Path, dns_port: int, tag: str, workers: str = "auto", budget: float = 3.0):
+def start_spfmilter(workdir: Path, dns_port: int, tag: str, workers: str = "1", budget: float = 3.0,
+                    unix_path: str | None = None):
     port = procs.free_port()
     conf = workdir / f"spfmilter-{tag}.conf"
+    socket_spec = f"unix:{unix_path}" if unix_path else f"inet:{port}@127.0.0.1"
     conf.write_text(
-        f"socket = inet:{port}@127.0.0.1\nauthserv_id = mx.test\ndns_servers = 127.0.0.1:{dns_port}\n"
+        f"socket = {socket_spec}\nauthserv_id = mx.test\ndns_servers = 127.0.0.1:{dns_port}\n"
         f"trusted_networks =\nworkers = {workers}\ndns_timeout = {budget}\nlog_level = warning\n")
     proc = subprocess.Popen([sys.executable, "-m", "spfmilter", "-c", str(conf)], cwd=str(ROOT),
                             stdout=subprocess.DEVNULL, stderr=open(workdir / f"spfmilter-{tag}.log", "wb"))
@@ -243,8 +245,21 @@ def run_e2e(workdir: Path, world, paths, messages: int):
         proc, port = start_spfmilter(workdir, dns_port, "e2e")
         try:
             wait_port(port, proc)
-            results.append(("spfmilter (inet socket, header-only)",
+            results.append(("spfmilter, inet socket (header-only)",
                             e2e_measure(milter=f"inet:127.0.0.1:{port}", **common)))
+        finally:
+            procs.stop(proc)
+        # Postfix's smtpd runs as the postfix user: the socket and its directory must be reachable.
+        sockdir = Path(tempfile.mkdtemp(prefix="spfmilter-bench-sock-"))
+        os.chmod(sockdir, 0o755)
+        path = str(sockdir / "spfmilter.sock")
+        proc, _ = start_spfmilter(workdir, dns_port, "e2e-unix", unix_path=path)
+        try:
+            from tests.support.milterclient import wait_ready
+
+            wait_ready(path, timeout=30, proc=proc)
+            os.chmod(path, 0o666)
+            results.append(("spfmilter, unix socket (header-only)", e2e_measure(milter=f"unix:{path}", **common)))
         finally:
             procs.stop(proc)
     finally:

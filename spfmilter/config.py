@@ -98,7 +98,7 @@ class Config:
     dns_servers: tuple = ()
     dns_cache_size: int = 10000
     on_error: ErrorAction = ErrorAction.TEMPFAIL
-    workers: int = 0
+    workers: int = 1
     log_destination: LogDestination = LogDestination.STDERR
     log_level: str = "info"
     syslog_facility: str = "mail"
@@ -340,9 +340,9 @@ KEYS: tuple[Key, ...] = (
         "Number of DNS answers kept in the in-process cache (TTL honoured). 0 turns the cache off."),
     Key("on_error", _enum_parser(ErrorAction), "tempfail",
         "Answer when the milter hits an internal error: `tempfail` or `accept`."),
-    Key("workers", parse_workers, "auto",
-        "Worker processes sharing the socket (each with its own DNS cache): a number, or `auto` for one per "
-        "CPU core (at most 8)."),
+    Key("workers", parse_workers, "1",
+        "Worker processes sharing the socket: a number, or `auto` for one per CPU core (at most 8). Each "
+        "has its own DNS cache and about 20 MB of memory; see docs/PERFORMANCE.md."),
     Key("log_destination", _enum_parser(LogDestination), "stderr",
         "`stderr` or `syslog` (via /dev/log)."),
     Key("log_level", parse_log_level, "info", "`debug`, `info`, `warning` or `error`."),

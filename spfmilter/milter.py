@@ -34,11 +34,17 @@ from .verify import Verifier, normalise_ip, parse_envelope_address
 
 log = logging.getLogger("spfmilter")
 
-# Stages we never want; libmilter tells the MTA to skip them (fewer round trips).
-SKIPPED_STAGES = Milter.P_NOBODY | Milter.P_NOEOH | Milter.P_NODATA | Milter.P_NOUNKNOWN
-# Stages whose reply the MTA need not wait for.  Only used on unix sockets: over TCP
-# an unanswered packet is ACKed late (delayed ACK, ~40 ms), and the MTA's next small
-# write waits for that ACK (Nagle), so a reply that carries the ACK is much faster.
+# Stages we never look at; libmilter tells the MTA to skip them.
+SKIPPED_STAGES = Milter.P_NOBODY | Milter.P_NOUNKNOWN
+# Stages skipped only on unix sockets.  Postfix still sends the (possibly empty) macro
+# packet of a stage it skips; over TCP that unanswered packet is ACKed late (delayed
+# ACK, ~40 ms) and the MTA's next small write waits for the ACK (Nagle): one stall per
+# message.  Answering the stage lets the reply carry the ACK.  (Asking for an empty
+# macro list with setsymlist does not help: Postfix then sends an empty packet.)  When
+# DATA is answered, end-of-headers must be too: libmilter refuses DATA followed directly
+# by end of message (a message without headers) and aborts the transaction.
+SKIPPED_ON_UNIX = Milter.P_NODATA | Milter.P_NOEOH
+# Stages whose reply the MTA need not wait for: on unix sockets only, for the same reason.
 NO_REPLY_STAGES = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_HDR
 ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS
 
@@ -119,7 +125,9 @@ class SpfMilter(Milter.Base):
             self._actions = offered_actions & ACTIONS
             wanted = SKIPPED_STAGES
             if self.config.socket.family == "unix":
-                wanted |= NO_REPLY_STAGES
+                wanted |= SKIPPED_ON_UNIX | NO_REPLY_STAGES
+                if not self.config.enforce:
+                    wanted |= Milter.P_NORCPT  # header-only mode never answers a recipient
             wanted &= offered_protocol
             self._protocol = wanted
             opts[0] = self._actions

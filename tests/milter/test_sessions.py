@@ -15,6 +15,10 @@ import pytest
 from tests.support.dnsserver import DNSServer
 from tests.support.milterclient import MilterClient
 
+# A stage that does not refuse: answered "continue", not answered (no-reply stage), or not
+# sent at all (header-only mode asks the MTA to skip RCPT).
+PASSED_ON = ("continue", "noreply", "skipped")
+
 CLIENT_IP = "192.0.2.7"
 
 
@@ -106,7 +110,7 @@ def milter(start_milter, world):
 ])
 def test_every_mailfrom_result_in_header_only_mode(milter, domain, expected):
     replies, mods, _ = run(milter, sender=f"<someone@{domain}>")
-    assert all(r.action in ("continue", "noreply") for r in replies["rcpt"])  # header-only never refuses
+    assert all(r.action in PASSED_ON for r in replies["rcpt"])  # header-only never refuses
     assert replies["eom"].action == "continue"
     results = ar_results(mods)
     assert results["mailfrom"] == (expected, f"someone@{domain}")
@@ -131,7 +135,7 @@ def test_every_helo_result(milter, helo, expected):
 
 def test_would_reject_is_logged_in_header_only_mode(milter):
     replies, mods, _ = run(milter, sender="<x@fail.example>")
-    assert replies["rcpt"][0].action in ("continue", "noreply")
+    assert replies["rcpt"][0].action in PASSED_ON
     assert ar_results(mods)["mailfrom"][0] == "fail"
     lines = milter.log_lines("identity=mailfrom")
     assert len(lines) == 1
@@ -148,7 +152,7 @@ def test_enforce_rejects_fail_with_rfc7372_code_but_not_postmaster(start_milter,
                            rcpts=("<b@mx.test>", "<postmaster@mx.test>", "<Abuse@mx.test>", "<c@mx.test>"))
     codes = [(r.action, r.code, r.xcode) for r in replies["rcpt"]]
     assert codes[0] == ("replycode", 550, "5.7.23")
-    assert codes[1][0] in ("continue", "noreply") and codes[2][0] in ("continue", "noreply")
+    assert codes[1][0] in PASSED_ON and codes[2][0] in PASSED_ON
     assert codes[3] == ("replycode", 550, "5.7.23")
     assert "x@fail.example" in replies["rcpt"][0].text and "192.0.2.7" in replies["rcpt"][0].text
     assert ar_results(mods)["mailfrom"][0] == "fail"  # the postmaster copy still gets headers
@@ -187,7 +191,7 @@ def test_enforce_policy_table(start_milter, world, extra, domain, expected):
     replies, _, _ = run(milter, sender=f"<x@{domain}>")
     reply = replies["rcpt"][0]
     if expected is None:
-        assert reply.action in ("continue", "noreply")
+        assert reply.action in PASSED_ON
     else:
         assert (reply.action, reply.code, reply.xcode) == ("replycode", *expected)
 
@@ -259,10 +263,10 @@ def test_trusted_networks_and_authenticated_senders_are_not_checked(start_milter
     milter = start_milter("mode = enforce\ntrusted_networks = loopback, 198.51.100.0/24, 2001:db8:9::/48")
     for ip, family in (("127.0.0.1", "4"), ("198.51.100.77", "4"), ("2001:db8:9::1", "6"), ("::1", "6")):
         replies, mods, _ = run(milter, sender="<x@fail.example>", ip=ip, family=family)
-        assert replies["rcpt"][0].action in ("continue", "noreply"), ip
+        assert replies["rcpt"][0].action in PASSED_ON, ip
         assert mods == [], ip
     replies, mods, _ = run(milter, sender="<x@fail.example>", mail_macros={"{auth_authen}": "alice"})
-    assert replies["rcpt"][0].action in ("continue", "noreply")
+    assert replies["rcpt"][0].action in PASSED_ON
     assert mods == []
     assert len(milter.log_lines("skipped=")) == 5
     replies, _, _ = run(milter, sender="<x@fail.example>")
@@ -381,7 +385,7 @@ def test_sigterm_lets_the_session_in_flight_finish(start_milter, world):
     client.mail("<a@fail.example>")
     milter.proc.terminate()
     # the in-flight session still completes normally
-    assert client.rcpt("<b@mx.test>").action in ("continue", "noreply")
+    assert client.rcpt("<b@mx.test>").action in PASSED_ON
     client.data()
     client.eoh()
     reply, mods = client.eom()
@@ -394,7 +398,7 @@ def test_sigterm_lets_the_session_in_flight_finish(start_milter, world):
 @pytest.mark.parametrize("on_error,expected", [("tempfail", ("replycode", 451, "4.3.0")), ("accept", ("accept", None, None))])
 def test_internal_error_ends_in_the_configured_answer_and_the_milter_keeps_serving(
         start_milter, world, on_error, expected):
-    milter = start_milter(f"on_error = {on_error}", module="tests.support.faulty_milter")
+    milter = start_milter(f"on_error = {on_error}\nmode = enforce", module="tests.support.faulty_milter")
     # failure inside the (no-reply) MAIL FROM callback: answered at RCPT
     replies, mods, _ = run(milter, sender="<crash-verify@pass.example>")
     assert (replies["rcpt"][0].action, replies["rcpt"][0].code, replies["rcpt"][0].xcode) == expected
@@ -406,10 +410,25 @@ def test_internal_error_ends_in_the_configured_answer_and_the_milter_keeps_servi
     assert logs.count("Traceback") == 2
     assert logs.count("internal error in mail callback") == 1 and logs.count("internal error in rcpt callback") == 1
     assert "RuntimeError: injected failure in verification" in logs
-    # and the next session is served normally
+    # and the next sessions are served normally
+    replies, _, _ = run(milter, sender="<a@fail.example>")
+    assert (replies["rcpt"][0].code, replies["rcpt"][0].xcode) == (550, "5.7.23")
+    _, mods, _ = run(milter, sender="<a@pass.example>")
+    assert ar_results(mods)["mailfrom"][0] == "pass"
+    assert milter.proc.poll() is None
+
+
+@pytest.mark.parametrize("on_error,expected", [("tempfail", ("replycode", 451, "4.3.0")), ("accept", ("accept", None, None))])
+def test_internal_error_in_header_only_mode_is_answered_at_end_of_message(start_milter, world, on_error, expected):
+    # header-only mode asks the MTA to skip RCPT, so the next stage that answers is end of message
+    milter = start_milter(f"on_error = {on_error}", module="tests.support.faulty_milter")
+    replies, mods, _ = run(milter, sender="<crash-verify@pass.example>")
+    assert replies["rcpt"][0].action == "skipped"
+    assert (replies["eom"].action, replies["eom"].code, replies["eom"].xcode) == expected
+    assert mods == []
+    assert milter.logs().count("Traceback") == 1
     _, mods, _ = run(milter, sender="<a@fail.example>")
     assert ar_results(mods)["mailfrom"][0] == "fail"
-    assert milter.proc.poll() is None
 
 
 def test_unix_socket_client_is_local_and_unknown_family_is_checked(milter):

@@ -56,7 +56,7 @@ EXPECTED_DEFAULTS = {
     "dns_servers": (),
     "dns_cache_size": 10000,
     "on_error": ErrorAction.TEMPFAIL,
-    "workers": 0,
+    "workers": 1,
     "log_destination": LogDestination.STDERR,
     "log_level": "info",
     "syslog_facility": "mail",
