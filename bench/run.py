@@ -66,6 +66,7 @@ class Measurement:
     peak_pss_mib: float
     dns_queries: int
     queries_per_msg: float
+    queries_per_name: float = 0.0  # upstream queries per distinct (name, type) asked
     dead_max_ms: float = 0.0
     dead_sessions: int = 0
     live_msgs_per_s: float = 0.0
@@ -80,6 +81,13 @@ def ensure_spf_engine() -> Path:
     if probe.returncode != 0:
         subprocess.run([str(python), "-m", "pip", "install", "-q", *SPF_ENGINE_PACKAGES], check=True)
     return python
+
+
+DEAD_CONCURRENCY = 8  # sessions with dead DNS in flight at once, beside the live ones
+
+
+async def _gather(*coroutines):
+    return await asyncio.gather(*coroutines)
 
 
 def with_dead_dns(cases, fraction: float):
@@ -155,8 +163,21 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
             wait_port(port, proc)
             cases, dead = with_dead_dns(world.cases, scenario.dead_fraction)
             with procs.MemorySampler(proc.pid) as memory:
-                stats = asyncio.run(run_load(("127.0.0.1", port), cases, concurrency=scenario.concurrency,
-                                             duration=seconds, warmup=warmup, check=True))
+                if dead:
+                    # The live sessions run at the scenario's concurrency; the sessions whose DNS is
+                    # dead run beside them in their own slots, so the live throughput shows whether
+                    # the milter keeps serving everyone else.
+                    live = [c for c in cases if c.domain not in dead]
+                    dying = [c for c in cases if c.domain in dead]
+                    stats, dead_stats = asyncio.run(_gather(
+                        run_load(("127.0.0.1", port), live, concurrency=scenario.concurrency,
+                                 duration=seconds, warmup=warmup, check=True),
+                        run_load(("127.0.0.1", port), dying, concurrency=DEAD_CONCURRENCY,
+                                 duration=seconds, warmup=0.0, check=True, timeout=60.0)))
+                else:
+                    dead_stats = None
+                    stats = asyncio.run(run_load(("127.0.0.1", port), cases, concurrency=scenario.concurrency,
+                                                 duration=seconds, warmup=warmup, check=True))
         finally:
             procs.stop(proc)
     finally:
@@ -169,13 +190,14 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
         mismatches=len(stats.mismatches), unchecked=stats.unchecked,
         peak_rss_mib=memory.peak_rss_kib / 1024, peak_pss_mib=memory.peak_pss_kib / 1024,
         dns_queries=dns_stats["queries"],
-        queries_per_msg=dns_stats["queries"] / total_sessions if total_sessions else 0.0)
-    if scenario.dead_fraction:
-        is_dead = [cases[r.case_index].domain in dead for r in stats.records]
-        dead_ms = [(r.end - r.start) * 1000 for r, d in zip(stats.records, is_dead, strict=True) if d]
-        m.dead_sessions = len(dead_ms)
-        m.dead_max_ms = max(dead_ms, default=0.0)
-        m.live_msgs_per_s = (len(is_dead) - len(dead_ms)) / stats.window_s if stats.window_s else 0.0
+        queries_per_msg=dns_stats["queries"] / total_sessions if total_sessions else 0.0,
+        queries_per_name=dns_stats["queries"] / dns_stats["distinct"] if dns_stats.get("distinct") else 0.0)
+    if dead_stats is not None:
+        m.dead_sessions = dead_stats.sessions
+        m.dead_max_ms = dead_stats.max_ms
+        m.live_msgs_per_s = stats.msgs_per_s
+        m.errors += dead_stats.errors
+        m.mismatches += len(dead_stats.mismatches)
     return m
 
 
@@ -197,8 +219,9 @@ def machine_description() -> str:
 def render(results: list[Measurement], e2e, seconds: float) -> str:
     by = {(m.milter, m.scenario): m for m in results}
     lines = [
-        "| scenario | milter | msg/s | p50 ms | p99 ms | peak RSS MiB (sum) | peak PSS MiB (sum) | DNS queries/msg | errors | wrong |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | milter | msg/s | p50 ms | p99 ms | peak RSS MiB (sum) | peak PSS MiB (sum) | DNS queries/msg "
+        "| queries per distinct name | errors | wrong |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in SCENARIOS:
         for milter in ("spf-engine", "spfmilter"):
@@ -206,7 +229,8 @@ def render(results: list[Measurement], e2e, seconds: float) -> str:
             if m is None:
                 continue
             lines.append(f"| {scenario.name} | {milter} | {m.msgs_per_s:.0f} | {m.p50_ms:.1f} | {m.p99_ms:.1f} | "
-                         f"{m.peak_rss_mib:.0f} | {m.peak_pss_mib:.0f} | {m.queries_per_msg:.2f} | {m.errors} | "
+                         f"{m.peak_rss_mib:.0f} | {m.peak_pss_mib:.0f} | {m.queries_per_msg:.2f} | "
+                         f"{m.queries_per_name:.2f} | {m.errors} | "
                          f"{m.mismatches} |")
     lines += ["", "| scenario | msg/s ratio (spfmilter / spf-engine) | p99 ratio (spfmilter / spf-engine) |",
               "|---|---|---|"]
@@ -217,11 +241,18 @@ def render(results: list[Measurement], e2e, seconds: float) -> str:
                          f"{ours.p99_ms / theirs.p99_ms:.2f} |")
     dead = [m for m in results if m.dead_sessions]
     if dead:
-        lines += ["", "Dead DNS (5 % of sender domains never answer; spfmilter dns_timeout = 3 s, spf-engine "
-                      "has its fixed 20 s per lookup):", "",
-                  "| milter | affected sessions | slowest affected session ms | msg/s of the others |", "|---|---|---|---|"]
+        normal = {m.milter: m for m in results if m.scenario == "c64-5ms"}
+        lines += ["", f"Dead DNS: 5 % of the sender domains never answer. Their sessions run {DEAD_CONCURRENCY} at a "
+                      "time beside the normal c64 load; spfmilter has dns_timeout = 3 s, spf-engine its fixed 20 s "
+                      "per lookup. A milter that keeps serving the others keeps its c64-5ms rate.", "",
+                  "| milter | affected sessions completed | slowest affected session ms | msg/s of the others | "
+                  "same without dead DNS |", "|---|---|---|---|---|"]
         for m in dead:
-            lines.append(f"| {m.milter} | {m.dead_sessions} | {m.dead_max_ms:.0f} | {m.live_msgs_per_s:.0f} |")
+            base = normal.get(m.milter)
+            slowest = f"{m.dead_max_ms:.0f}" if m.dead_sessions else f"none finished within {seconds:.0f} s"
+            lines.append(f"| {m.milter} | {m.dead_sessions} | {slowest} | {m.live_msgs_per_s:.0f} | "
+                         f"{base.msgs_per_s:.0f} |" if base else f"| {m.milter} | {m.dead_sessions} | {slowest} | "
+                         f"{m.live_msgs_per_s:.0f} | - |")
     if e2e:
         lines += ["", "Postfix end to end (smtp-source, one connection, XCLIENT -> Postfix -> smtp-sink):", "",
                   "| setup | msg/s | share of no-milter rate |", "|---|---|---|"]
