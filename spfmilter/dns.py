@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import dns.exception
 import dns.message
@@ -40,6 +40,17 @@ class Answer:
     values: tuple
     nxdomain: bool = False
     failure: str = ""  # a cached server failure (SERVFAIL/REFUSED): raise it again
+
+
+class _Flight:
+    """A lookup in progress; other threads wait on ``done`` for its outcome."""
+
+    __slots__ = ("done", "answer", "error")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.answer: Optional[Answer] = None
+        self.error: Optional[str] = None
 
 
 class TtlCache:
@@ -107,6 +118,8 @@ class DnsClient:
         self._clock = clock
         self.cache = TtlCache(cache_size, clock)
         self.queries = 0  # upstream queries sent (for tests and the benchmark)
+        self._lock = threading.Lock()
+        self._flights: dict[tuple[str, str], _Flight] = {}
 
     def lookup(self, name: str, qtype: str, deadline: float) -> Answer:
         """Answer for ``name``/``qtype``; raise DnsTempError when it cannot be had in time."""
@@ -118,10 +131,36 @@ class DnsClient:
             if cached.failure:
                 raise DnsTempError(cached.failure)
             return cached
+        # One query per name at a time: sessions asking for a name that is already being
+        # looked up wait for that answer instead of sending the same query again.
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            if not flight.done.wait(max(0.0, deadline - self._clock())):
+                raise DnsTempError(f"DNS timeout looking up {key[0]}/{qtype}")
+            if flight.error is not None:
+                raise DnsTempError(flight.error)
+            return flight.answer
+        try:
+            flight.answer = self._query(key, qtype, deadline)
+            return flight.answer
+        except DnsTempError as exc:
+            flight.error = str(exc)
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+
+    def _query(self, key: tuple[str, str], qtype: str, deadline: float) -> Answer:
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise DnsTempError("DNS time budget exhausted")
-        self.queries += 1
+        with self._lock:
+            self.queries += 1
         try:
             answer = self._resolve(key[0] + ".", qtype, deadline)
         except dns.resolver.NXDOMAIN as exc:

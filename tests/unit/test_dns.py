@@ -589,3 +589,51 @@ def test_concurrent_lookups_share_the_cache(srv):
     for name in names:  # everything is cached now
         lookup(client, name, "A")
     assert sum(srv.query_count(name) for name in names) == upstream
+
+
+def test_concurrent_lookups_of_one_name_send_one_query(srv):
+    """Sessions asking for a name that is already being looked up wait for that answer."""
+    import threading
+
+    srv.add("herd.cache.example", "TXT", "v=spf1 -all")
+    srv.set_latency("herd.cache.example", 0.3)
+    try:
+        client = client_for(srv)
+        start = threading.Barrier(8)
+        results = []
+
+        def worker():
+            start.wait()
+            results.append(client.lookup("herd.cache.example", "TXT", time.monotonic() + 5))
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results == [Answer(((b"v=spf1 -all",),))] * 8
+        assert srv.query_count("herd.cache.example") == 1
+        assert client.queries == 1
+    finally:
+        srv.set_latency("herd.cache.example", None)
+
+
+def test_a_waiting_lookup_gives_up_at_its_own_deadline(srv):
+    import threading
+
+    srv.add("slowherd.cache.example", "TXT", "v=spf1 -all")
+    srv.set_latency("slowherd.cache.example", 1.0)
+    try:
+        client = client_for(srv)
+        leader = threading.Thread(
+            target=lambda: client.lookup("slowherd.cache.example", "TXT", time.monotonic() + 5))
+        leader.start()
+        while srv.query_count("slowherd.cache.example") == 0:  # the leader's query is out
+            time.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(DnsTempError, match="timeout"):
+            client.lookup("slowherd.cache.example", "TXT", time.monotonic() + 0.2)
+        assert time.monotonic() - started < 0.8
+        leader.join()
+    finally:
+        srv.set_latency("slowherd.cache.example", None)
