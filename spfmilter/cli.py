@@ -69,11 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Evaluate SPF for one client as the milter would, and print the headers it "
                     "would add and the SMTP reply it would give.")
     check.add_argument("--ip", required=True, help="client IP address")
-    check.add_argument("--helo", required=True, help="HELO/EHLO name")
-    check.add_argument("--sender", required=True, help="MAIL FROM address ('' or <> for the null sender)")
-    check.add_argument("--recipient", default="user@localhost",
+    check.add_argument("--helo", required=True, metavar="NAME", help="HELO/EHLO name")
+    check.add_argument("--sender", required=True, metavar="ADDR",
+                       help="MAIL FROM address ('' or <> for the null sender)")
+    check.add_argument("--recipient", default="user@localhost", metavar="ADDR",
                        help="RCPT TO address (matters for exempt recipients like postmaster@)")
-    check.add_argument("--auth-user", default=None, help="SASL login name, as {auth_authen} would carry")
+    check.add_argument("--auth-user", default=None, metavar="NAME",
+                       help="SASL login name, as {auth_authen} would carry")
     check.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
                        help="configuration file (same default as above)")
     return parser

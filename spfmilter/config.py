@@ -99,6 +99,11 @@ class Config:
     dns_cache_size: int = 10000
     on_error: ErrorAction = ErrorAction.TEMPFAIL
     workers: int = 1
+    user: str = ""
+    group: str = ""
+    socket_mode: int = 0o660
+    socket_group: str = ""
+    pid_file: str = ""
     log_destination: LogDestination = LogDestination.STDERR
     log_level: str = "info"
     syslog_facility: str = "mail"
@@ -280,6 +285,28 @@ def parse_workers(text: str) -> int:
     return int(value)
 
 
+def parse_account(text: str) -> str:
+    """A user or group name (existence is checked when the daemon starts)."""
+    value = text.strip()
+    if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?", value):
+        raise ValueError("expected a user or group name")
+    return value
+
+
+def parse_mode(text: str) -> int:
+    value = text.strip()
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError("expected an octal mode such as 0660")
+    return int(value, 8)
+
+
+def parse_path(text: str) -> str:
+    value = text.strip()
+    if value and not value.startswith("/"):
+        raise ValueError("expected an absolute path")
+    return value
+
+
 def parse_log_level(text: str) -> str:
     value = text.strip().lower()
     if value not in ("debug", "info", "warning", "error"):
@@ -343,6 +370,14 @@ KEYS: tuple[Key, ...] = (
     Key("workers", parse_workers, "1",
         "Worker processes sharing the socket: a number, or `auto` for one per CPU core (at most 8). Each "
         "has its own DNS cache and about 20 MB of memory; see docs/PERFORMANCE.md."),
+    Key("user", parse_account, "",
+        "Started as root: switch to this user after opening the socket. Empty: keep the user it was started as."),
+    Key("group", parse_account, "",
+        "Group to switch to with `user` (default: that user's primary group)."),
+    Key("socket_mode", parse_mode, "0660", "Permissions of a unix socket (octal)."),
+    Key("socket_group", parse_account, "",
+        "Group of a unix socket, e.g. `postfix`, so the MTA can connect. Empty: the process's group."),
+    Key("pid_file", parse_path, "", "Write the process id here (empty: no pid file); removed on exit."),
     Key("log_destination", _enum_parser(LogDestination), "stderr",
         "`stderr` or `syslog` (via /dev/log)."),
     Key("log_level", parse_log_level, "info", "`debug`, `info`, `warning` or `error`."),
@@ -446,6 +481,8 @@ def format_value(value: object, name: str = "") -> str:
         )
     if isinstance(value, int) and not isinstance(value, bool) and value == 0 and name == "workers":
         return "auto"
+    if name == "socket_mode":
+        return f"{value:04o}"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

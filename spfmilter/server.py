@@ -7,8 +7,10 @@ SIGTERM/SIGINT itself (in its own signal thread) and then returns from
 """
 from __future__ import annotations
 
+import grp
 import logging
 import os
+import pwd
 import signal
 import socket
 import threading
@@ -161,6 +163,62 @@ def tune_listener(spec: SocketSpec) -> None:
         sock.close()
 
 
+def prepare_socket_file(config: Config) -> None:
+    """Mode and group of a unix socket, so the MTA (e.g. the postfix group) can connect."""
+    if config.socket.family != "unix":
+        return
+    path = config.socket.address
+    if config.socket_group:
+        os.chown(path, -1, grp.getgrnam(config.socket_group).gr_gid)
+    if config.user:
+        os.chown(path, pwd.getpwnam(config.user).pw_uid, -1)  # so the daemon can remove it at exit
+    os.chmod(path, config.socket_mode)
+
+
+def write_pid_file(path: str) -> None:
+    if path:
+        with open(path, "w", encoding="ascii") as handle:
+            handle.write(f"{os.getpid()}\n")
+
+
+def remove_pid_file(path: str) -> None:
+    if not path:
+        return
+    try:
+        with open(path, encoding="ascii") as handle:
+            if handle.read().strip() != str(os.getpid()):
+                return  # not ours (a worker, or a newer instance)
+        os.unlink(path)
+    except OSError as exc:
+        log.warning("cannot remove pid file %s: %s", path, exc.strerror)
+
+
+def drop_privileges(user: str, group: str) -> None:
+    """After the socket is open: become ``user`` (and ``group``), for good.
+
+    Supplementary groups are set from the group database (so membership in, say,
+    the postfix group keeps working); a process that is not root cannot switch.
+    """
+    if not user:
+        if group:
+            raise ValueError("group is set but user is not")
+        if os.geteuid() == 0:
+            log.warning("running as root: set 'user' (or run it as a system user, see systemd/)")
+        return
+    account = pwd.getpwnam(user)
+    gid = grp.getgrnam(group).gr_gid if group else account.pw_gid
+    if os.geteuid() != 0:
+        if os.geteuid() == account.pw_uid:
+            return
+        raise ValueError(f"only root can switch to user {user!r}")
+    os.initgroups(user, gid)
+    os.setgid(gid)
+    os.setuid(account.pw_uid)
+    if os.getuid() == 0 or os.geteuid() == 0:  # pragma: no cover - the kernel refused
+        raise OSError(f"could not drop root privileges to {user}")
+    log.info("running as user %s (uid %d, gid %d)", user, account.pw_uid, gid)
+
+
 def resolve_workers(setting: int) -> int:
     """``workers = 0`` means one per CPU core (at most 8)."""
     if setting > 0:
@@ -187,13 +245,23 @@ def serve(config: Config, service: Optional[Service] = None,
         log.error("cannot listen on %s: %s", config.socket, exc)
         return 1
     tune_listener(config.socket)
+    try:
+        prepare_socket_file(config)
+        write_pid_file(config.pid_file)
+        drop_privileges(config.user, config.group)
+    except (OSError, KeyError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     workers = resolve_workers(config.workers)
     log.info("spfmilter %s listening on %s (mode=%s, header_type=%s, authserv_id=%s, workers=%d)",
              __version__, config.socket, config.mode.value, config.header_type.value,
              config.authserv_id, workers)
-    if workers == 1:
-        return run_worker(sessions, drain_timeout)
-    return Supervisor(workers, lambda: run_worker(sessions, drain_timeout)).run()
+    try:
+        if workers == 1:
+            return run_worker(sessions, drain_timeout)
+        return Supervisor(workers, lambda: run_worker(sessions, drain_timeout)).run()
+    finally:
+        remove_pid_file(config.pid_file)
 
 
 def run_worker(sessions: Sessions, drain_timeout: float) -> int:
