@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -41,12 +42,17 @@ def protect(line: str) -> str:
     return "\\&" + line if line[:1] in (".", "'") else line
 
 
+def _nobreak(text: str) -> str:
+    """A literal that is neither hyphenated (\\%) nor broken at its spaces (\\~)."""
+    return "\\%" + escape(text, literal=True).replace(" ", "\\~")
+
+
 def bold(text: str) -> str:
-    return f"\\fB{escape(text, literal=True)}\\fR"
+    return f"\\fB{_nobreak(text)}\\fR"
 
 
 def italic(text: str) -> str:
-    return f"\\fI{escape(text, literal=True)}\\fR"
+    return f"\\fI{_nobreak(text)}\\fR"
 
 
 def inline(text: str) -> str:
@@ -211,10 +217,9 @@ def _log_example() -> str:
 
 
 def _wrap_log_line(line: str) -> list[str]:
-    """The example log line, cut after each '; ' so it fits an 80-column terminal."""
-    fields = line.split("; ")
-    lines = [field + (";" if index < len(fields) - 1 else "") for index, field in enumerate(fields)]
-    return [lines[0]] + ["    " + field for field in lines[1:]]
+    """The example log line, wrapped at spaces so it fits an 80-column terminal."""
+    return textwrap.wrap(line, width=68, subsequent_indent="    ",
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def render_spfmilter8() -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -28,9 +31,12 @@ def _ids(pid: int) -> tuple[list[int], list[int]]:
 def test_binds_then_drops_privileges_with_socket_mode_group_and_pid_file(start_milter, world, tmp_path):
     nobody = pwd.getpwnam("nobody")
     nogroup = grp.getgrnam("nogroup")
-    run_dir = tmp_path / "run"
+    # like systemd's RuntimeDirectory: owned by the daemon's user, reachable from /
+    base = tempfile.mkdtemp(prefix="spfmilter-run-")
+    os.chmod(base, 0o755)
+    run_dir = Path(base) / "run"
     run_dir.mkdir()
-    os.chown(run_dir, nobody.pw_uid, nogroup.gr_gid)  # like systemd's RuntimeDirectory
+    os.chown(run_dir, nobody.pw_uid, nogroup.gr_gid)
     pid_file = run_dir / "spfmilter.pid"
     milter = start_milter(f"user = nobody\nsocket_group = nogroup\nsocket_mode = 0660\npid_file = {pid_file}",
                           fresh=True)
@@ -46,6 +52,7 @@ def test_binds_then_drops_privileges_with_socket_mode_group_and_pid_file(start_m
     assert "running as user nobody" in milter.full_log()
     assert milter.stop() == 0
     assert not pid_file.exists()
+    shutil.rmtree(base)
 
 
 def test_unknown_user_is_a_clear_startup_error(tmp_path, dns_server):
