@@ -13,8 +13,9 @@ set -eu
 cd "$(dirname "$0")"
 VENV=${SPFMILTER_VENV:-.venv}
 # Debian packages: the compiler and headers pymilter builds against, the Python venv
-# module, and the MTAs the end-to-end tests drive.
-PACKAGES="gcc libc6-dev python3 python3-dev python3-venv libmilter-dev postfix"
+# module, the MTAs the end-to-end tests drive, and the tools that check the man pages
+# and the systemd unit.
+PACKAGES="gcc libc6-dev python3 python3-dev python3-venv libmilter-dev postfix groff-base man-db systemd"
 
 log() { printf 'dev.sh: %s\n' "$*" >&2; }
 
