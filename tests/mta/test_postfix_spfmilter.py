@@ -94,3 +94,17 @@ def test_temperror_defers_only_in_enforce_mode(mta):
         assert (reply.code, reply.text.split()[0]) == (451, "4.7.24"), result.transcript_text()
     else:
         assert result.accepted
+
+
+def test_trusted_and_authenticated_clients_are_not_checked(mta):
+    mode, instance, milter = mta
+    before = len(instance.mailbox("user@mx.test"))
+    # 127.0.0.1 is in trusted_networks for this milter; a SASL login is trusted by default
+    for kwargs in ({"client_ip": "127.0.0.1"}, {"client_ip": CLIENT_IP, "login": "alice"}):
+        result = instance.send("x@fail.example", ["user@mx.test"], message("x@fail.example"),
+                               helo="helo.example", **kwargs)
+        assert result.accepted, result.transcript_text()
+    delivered = instance.wait_for_delivery("user@mx.test", before + 2)
+    assert len(delivered) == before + 2
+    assert all(m.get("Authentication-Results") is None for m in delivered[before:])
+    assert milter.logs().count("skipped=") >= 2
