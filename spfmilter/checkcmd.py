@@ -6,7 +6,7 @@ import sys
 from .config import Config
 from .headers import render, spf_headers
 from .policy import Facts, evaluate, rcpt_reply
-from .server import make_service
+from .milter import make_service
 from .verify import Verifier, normalise_ip, parse_envelope_address
 
 

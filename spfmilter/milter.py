@@ -57,6 +57,13 @@ class Service:
     dns: DnsClient
 
 
+def make_service(config: Config) -> Service:
+    """The per-worker shared parts: config and a DNS client with its cache."""
+    from .dns import make_resolver
+
+    return Service(config, DnsClient(make_resolver(config.dns_servers), config.dns_cache_size))
+
+
 @dataclass
 class _Transaction:
     """State of one MAIL FROM .. end-of-message (or abort) sequence."""

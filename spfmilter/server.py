@@ -21,9 +21,10 @@ import Milter
 import milter
 
 from . import __version__
-from .config import Config, SocketSpec
-from .dns import DnsClient, make_resolver
-from .milter import ACTIONS, Service, SpfMilter
+from .config import Config, ConfigError, SocketSpec, load
+
+# The supervisor process imports only this, the config and pymilter; the SPF machinery
+# (pyspf, dnspython, authres: ~15 MB) is imported in the workers, after the fork.
 
 log = logging.getLogger("spfmilter")
 
@@ -55,12 +56,7 @@ class Sessions:
             return self._cond.wait_for(lambda: self._count <= 0, timeout)
 
 
-def make_service(config: Config) -> Service:
-    resolver = make_resolver(config.dns_servers)
-    return Service(config, DnsClient(resolver, config.dns_cache_size))
-
-
-def register(factory: Callable[[], SpfMilter], sessions: Sessions) -> None:
+def register(factory: Callable[[], "Milter.Base"], sessions: Sessions) -> None:
     """Wire libmilter's callbacks to per-connection SpfMilter objects made by ``factory``."""
 
     def negotiate(ctx, opts):
@@ -87,7 +83,7 @@ def register(factory: Callable[[], SpfMilter], sessions: Sessions) -> None:
             instance._setctx(None)
             sessions.closed()
 
-    milter.set_flags(ACTIONS)
+    milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.SETSYMLIST)
     milter.set_connect_callback(connect)
     milter.set_helo_callback(lambda ctx, name: ctx.getpriv().hello(name))
     milter.set_envfrom_callback(lambda ctx, *args: ctx.getpriv().envfrom_bytes(*args))
@@ -226,18 +222,17 @@ def resolve_workers(setting: int) -> int:
     return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
-def serve(config: Config, service: Optional[Service] = None,
-          drain_timeout: float = DRAIN_TIMEOUT) -> int:
+def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     """Run the milter until SIGTERM/SIGINT; return the process exit status.
 
-    With one worker, libmilter runs in this process.  With several, this process
-    opens the socket, forks the workers (each runs libmilter's loop on the shared
-    listener, with its own DNS cache) and supervises them: SIGTERM/SIGINT is passed
-    on to every worker, and a worker that dies unexpectedly is replaced.
+    This process opens the socket, drops privileges and supervises the worker
+    processes, which share the listener, each running libmilter's loop with its own
+    DNS cache.  SIGTERM/SIGINT is passed on to every worker (each lets its sessions
+    finish), a worker that dies is replaced, and SIGHUP reloads the configuration:
+    new workers start with it and the old ones finish their sessions and exit.
     """
-    service = service or make_service(config)
     sessions = Sessions()
-    register(lambda: SpfMilter(service), sessions)
+    register(_unused_factory, sessions)  # libmilter wants a registration before opening the socket
     milter.setconn(config.socket.libmilter())
     try:
         milter.opensocket(True)  # True: remove a stale unix socket left by a crash
@@ -248,29 +243,41 @@ def serve(config: Config, service: Optional[Service] = None,
     try:
         prepare_socket_file(config)
         write_pid_file(config.pid_file)
+        if config.user:
+            # Import the SPF machinery while its files are surely readable (a Python installed
+            # under root's home is not, after the switch).  Under systemd the daemon starts as
+            # its user and the supervisor stays small, importing nothing more.
+            from . import milter as _preload  # noqa: F401
         drop_privileges(config.user, config.group)
     except (OSError, KeyError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    workers = resolve_workers(config.workers)
     log.info("spfmilter %s listening on %s (mode=%s, header_type=%s, authserv_id=%s, workers=%d)",
              __version__, config.socket, config.mode.value, config.header_type.value,
-             config.authserv_id, workers)
+             config.authserv_id, resolve_workers(config.workers))
     try:
-        if workers == 1:
-            return run_worker(sessions, drain_timeout)
-        return Supervisor(workers, lambda: run_worker(sessions, drain_timeout)).run()
+        return Supervisor(config, drain_timeout).run()
     finally:
         remove_pid_file(config.pid_file)
 
 
-def run_worker(sessions: Sessions, drain_timeout: float) -> int:
-    """libmilter's loop in this process; on SIGTERM, let the sessions in flight finish."""
+def _unused_factory():  # pragma: no cover - the supervisor never runs libmilter's loop
+    raise RuntimeError("the supervisor does not serve connections")
+
+
+def run_worker(config: Config, drain_timeout: float, keep_link: Optional[str] = None) -> int:
+    """One worker: libmilter's loop with ``config``; on SIGTERM, let the sessions in flight finish."""
+    from .milter import SpfMilter, make_service
+
+    service = make_service(config)
+    sessions = Sessions()
+    register(lambda: SpfMilter(service), sessions)
     try:
         milter.main()
     except milter.error as exc:
         log.error("milter main loop failed: %s", exc)
         return 1
+    _restore_socket_path(config, keep_link)
     started = time.monotonic()
     if sessions.count > 0:
         log.info("stopping: waiting for %d session(s) in flight", sessions.count)
@@ -281,6 +288,25 @@ def run_worker(sessions: Sessions, drain_timeout: float) -> int:
     return 0
 
 
+def _restore_socket_path(config: Config, keep_link: Optional[str]) -> None:
+    """Put back a unix socket path that libmilter removed while other workers still listen on it.
+
+    libmilter's closing code unlinks the socket path when it does not run as root, even
+    though the listener itself stays open in the other processes.  During a reload the
+    supervisor keeps a second hard link to the socket for this.
+    """
+    if config.socket.family != "unix" or not keep_link:
+        return
+    path = config.socket.address
+    if not os.path.exists(path) and os.path.exists(keep_link):
+        try:
+            os.link(keep_link, path)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            log.error("could not restore %s: %s", path, exc.strerror)
+
+
 _SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP}
 RESPAWN_DELAY = 1.0
 
@@ -288,42 +314,86 @@ RESPAWN_DELAY = 1.0
 class Supervisor:
     """Forks and watches worker processes that share one listening socket.
 
-    The parent never calls ``milter.main()`` (that would start libmilter's signal
-    thread here); it only waits for signals with the signal mask, so no Python
-    signal handler is involved.
+    The supervisor never calls ``milter.main()`` (that would start libmilter's signal
+    thread here); it waits for signals with the signal mask, so no Python signal
+    handler is involved.
     """
 
-    def __init__(self, count: int, work: Callable[[], int]):
-        self.count = count
-        self.work = work
-        self.children: dict[int, int] = {}  # pid -> slot
+    def __init__(self, config: Config, drain_timeout: float = DRAIN_TIMEOUT):
+        self.config = config
+        self.drain_timeout = drain_timeout
+        self.children: dict[int, int] = {}  # pid -> slot, current generation
+        self.retiring: set[int] = set()  # workers of an older configuration, finishing their sessions
         self.stopping = False
+        self.keep_link: Optional[str] = None
 
     def _spawn(self, slot: int) -> None:
+        config, keep_link = self.config, self.keep_link
         pid = os.fork()
         if pid == 0:  # worker
             code = 1
             try:
-                signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+                # SIGTERM/SIGINT/SIGHUP stay blocked: libmilter's signal thread sigwaits for
+                # them, so one that arrives before the loop starts is acted on, not fatal.
+                signal.pthread_sigmask(signal.SIG_SETMASK, set(self._old_mask)
+                                       | {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
                 log.info("worker %d started (pid %d)", slot, os.getpid())
-                code = self.work()
-            except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
+                code = run_worker(config, self.drain_timeout, keep_link)
+            except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor's code
                 log.exception("worker %d failed", slot)
             finally:
                 logging.shutdown()
                 os._exit(code)
         self.children[pid] = slot
 
+    def _spawn_generation(self) -> None:
+        for slot in range(resolve_workers(self.config.workers)):
+            self._spawn(slot)
+
+    def reload(self) -> None:
+        """SIGHUP: new workers with the new configuration; the old ones finish their sessions."""
+        try:
+            new = load(self.config.source) if self.config.source.startswith("/") else self.config
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem)
+            return
+        fixed = ("socket", "user", "group", "socket_mode", "socket_group", "pid_file", "log_destination",
+                 "syslog_facility")
+        changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
+        if changed:
+            log.warning("reload: %s cannot change without a restart; keeping the old value(s)", ", ".join(changed))
+            new = replace_fields(new, self.config, changed)
+        self.config = new
+        logging.getLogger("spfmilter").setLevel(new.log_level.upper())
+        if new.socket.family == "unix" and self.keep_link is None:
+            self.keep_link = new.socket.address + ".spfmilter-keep"
+            try:
+                if os.path.exists(self.keep_link):
+                    os.unlink(self.keep_link)
+                os.link(new.socket.address, self.keep_link)
+            except OSError as exc:
+                log.warning("reload: cannot keep a link to %s (%s)", new.socket.address, exc.strerror)
+                self.keep_link = None
+        old = list(self.children)
+        self.retiring.update(old)
+        self.children = {}
+        self._spawn_generation()
+        for pid in old:
+            _kill(pid, signal.SIGTERM)
+        log.info("reloaded %s: %d new worker(s), %d old one(s) finishing their sessions",
+                 new.source, len(self.children), len(old))
+
     def run(self) -> int:
         self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
-        for slot in range(self.count):
-            self._spawn(slot)
+        self._spawn_generation()
         worst = 0
         pending_respawn: list[int] = []
-        while self.children:
-            timeout = RESPAWN_DELAY if pending_respawn else None
-            info = signal.sigtimedwait(_SUPERVISOR_SIGNALS, timeout) if timeout else \
-                signal.sigwaitinfo(_SUPERVISOR_SIGNALS)
+        while self.children or self.retiring or pending_respawn:
+            if pending_respawn:
+                info = signal.sigtimedwait(_SUPERVISOR_SIGNALS, RESPAWN_DELAY)
+            else:
+                info = signal.sigwaitinfo(_SUPERVISOR_SIGNALS)
             if info is None:  # respawn delay over
                 if not self.stopping:
                     for slot in pending_respawn:
@@ -333,24 +403,45 @@ class Supervisor:
                 continue
             if info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
                 self.stopping = True
-                log.info("stopping %d worker(s)", len(self.children))
-                for pid in self.children:
+                log.info("stopping %d worker(s)", len(self.children) + len(self.retiring))
+                for pid in list(self.children) + list(self.retiring):
                     _kill(pid, signal.SIGTERM)
-            elif info.si_signo == signal.SIGHUP:
-                log.info("SIGHUP ignored: restart the service to apply a new configuration")
+            elif info.si_signo == signal.SIGHUP and not self.stopping:
+                self.reload()
             for pid, status in _reap():
+                code = os.waitstatus_to_exitcode(status)
+                if pid in self.retiring:
+                    self.retiring.discard(pid)
+                    if code != 0:
+                        log.warning("old worker (pid %d) exited with status %d", pid, code)
+                    continue
                 slot = self.children.pop(pid, None)
                 if slot is None:
                     continue
-                code = os.waitstatus_to_exitcode(status)
                 if self.stopping:
                     worst = max(worst, abs(code))
                     continue
                 log.error("worker %d (pid %d) exited unexpectedly with status %d", slot, pid, code)
                 pending_respawn.append(slot)
+            if not self.retiring and self.keep_link:
+                _unlink_quietly(self.keep_link)
+                self.keep_link = None
         signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
         log.info("all workers stopped")
         return 0 if worst == 0 else 1
+
+
+def replace_fields(new: Config, old: Config, names: list) -> Config:
+    from dataclasses import replace
+
+    return replace(new, **{name: getattr(old, name) for name in names})
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _reap():
