@@ -38,6 +38,52 @@ install_packages() {
     apt-get install -y -q --no-install-recommends $missing
 }
 
+# Sendmail for the Sendmail end-to-end tests (tests/mta/test_sendmail_spfmilter.py).
+# Debian's sendmail-bin conflicts with postfix (both are a mail-transport-agent), so it is
+# never installed as a package: its files (and sendmail-cf's .mc macros) are only unpacked
+# into $SENDMAIL_ROOT, where the tests find them.  Its runtime libraries and m4 are ordinary
+# packages that do not conflict with anything.
+SENDMAIL_ROOT=${SPFMILTER_SENDMAIL_ROOT:-/opt/spfmilter-sendmail}
+SENDMAIL_LIBS="m4 libwrap0 libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3"
+
+install_sendmail() {
+    missing=""
+    for pkg in $SENDMAIL_LIBS; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+    done
+    if [ -x "$SENDMAIL_ROOT/usr/libexec/sendmail/sendmail" ] && [ -f "$SENDMAIL_ROOT/usr/share/sendmail/cf/m4/cf.m4" ] \
+        && [ -z "$missing" ]; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        log "Sendmail for the end-to-end tests is not unpacked in $SENDMAIL_ROOT (run as root to get it); those tests will be skipped"
+        return 0
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if [ -n "$missing" ]; then
+        log "installing Debian packages for the Sendmail tests:$missing"
+        apt-get install -y -q --no-install-recommends $missing >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $missing; }
+    fi
+    if [ ! -x "$SENDMAIL_ROOT/usr/libexec/sendmail/sendmail" ] || [ ! -f "$SENDMAIL_ROOT/usr/share/sendmail/cf/m4/cf.m4" ]; then
+        log "unpacking sendmail-bin, sendmail-cf and sendmail-base into $SENDMAIL_ROOT (not installed as packages)"
+        tmp=$(mktemp -d)
+        if ! (cd "$tmp" && apt-get download -q sendmail-bin sendmail-cf sendmail-base >/dev/null 2>&1); then
+            apt-get update -q >/dev/null
+            (cd "$tmp" && apt-get download -q sendmail-bin sendmail-cf sendmail-base >/dev/null 2>&1) \
+                || { rm -rf "$tmp"; log "could not download sendmail-bin/sendmail-cf/sendmail-base"; exit 1; }
+        fi
+        mkdir -p "$tmp/root"
+        for deb in "$tmp"/*.deb; do
+            dpkg-deb -x "$deb" "$tmp/root"
+        done
+        rm -rf "$SENDMAIL_ROOT"
+        mkdir -p "$(dirname "$SENDMAIL_ROOT")"
+        mv "$tmp/root" "$SENDMAIL_ROOT"
+        rm -rf "$tmp"
+    fi
+}
+
 pick_python() {
     for candidate in python3 /usr/bin/python3; do
         if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import venv, sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
@@ -68,10 +114,12 @@ command=${1:-test}
 case "$command" in
     install)
         install_packages
+        install_sendmail
         install_venv
         ;;
     test)
         install_packages
+        install_sendmail
         install_venv
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

@@ -7,6 +7,7 @@ through the test DNS server.  Readiness means a completed milter handshake.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -88,7 +89,10 @@ def launch_milter(directory: Path, name: str, extra: str, dns_port: int | None, 
     else:
         path = directory / f"{name}.sock"
         sock_spec, addr = f"unix:{path}", str(path)
-    lines = [f"socket = {sock_spec}", "authserv_id = mx.test", "log_level = debug"]
+    own_socket = re.search(r"^socket = unix:(\S+)$", extra, re.MULTILINE)
+    if own_socket:  # the test chose the socket itself
+        sock_spec, addr = None, own_socket.group(1)
+    lines = ([f"socket = {sock_spec}"] if sock_spec else []) + ["authserv_id = mx.test", "log_level = debug"]
     if dns_port is not None:
         lines.append(f"dns_servers = 127.0.0.1:{dns_port}")
     config_path = directory / f"{name}.conf"

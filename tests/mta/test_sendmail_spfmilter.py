@@ -1,0 +1,109 @@
+"""spfmilter behind a real Sendmail: the INPUT_MAIL_FILTER line from contrib/sendmail.mc, port substituted.
+
+Sendmail has no XCLIENT, so the milter sees every client as 127.0.0.1: it runs with an empty
+``trusted_networks`` and the test domains' SPF records name 127.0.0.1 (or nothing).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import authres
+import pytest
+
+from tests.conftest import launch_milter
+from tests.support.sendmail import SendmailInstance, sendmail_available
+
+_usable, _why = sendmail_available()
+if not _usable:
+    pytest.skip(f"private Sendmail instances unavailable: {_why}", allow_module_level=True)
+
+pytestmark = pytest.mark.mta
+ROOT = Path(__file__).resolve().parents[2]
+HELO = "sm-helo.example"
+EXPLANATION = "Mail from %{d} must come through our servers, see https://sm-fail.example/spf"
+
+
+def sendmail_zones(dns) -> None:
+    dns.add("sm-helo.example", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dns.add("sm-pass.example", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dns.add("sm-fail.example", "TXT", "v=spf1 -all exp=explain.sm-fail.example")
+    dns.add("explain.sm-fail.example", "TXT", EXPLANATION)
+
+
+def contrib_milter_mc(port: int) -> str:
+    """The INPUT_MAIL_FILTER line of contrib/sendmail.mc, pointed at the test milter's port."""
+    lines = [line for line in (ROOT / "contrib" / "sendmail.mc").read_text().splitlines()
+             if line.startswith("INPUT_MAIL_FILTER(")]
+    assert len(lines) == 1, lines
+    assert "inet:8890@127.0.0.1" in lines[0]
+    return lines[0].replace("inet:8890@", f"inet:{port}@")
+
+
+@pytest.fixture(scope="module")
+def world(dns_server):
+    sendmail_zones(dns_server)
+    return dns_server
+
+
+@pytest.fixture(scope="module", params=["header-only", "enforce"])
+def mta(request, world, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(f"sm-{request.param}")
+    milter = launch_milter(directory, "m", f"mode = {request.param}\ntrusted_networks =", world.port, inet=True)
+    instance = SendmailInstance(directory / "sendmail", milter_mc=contrib_milter_mc(milter.addr[1]))
+    try:
+        instance.start()
+    except Exception:
+        milter.stop()
+        raise
+    yield request.param, instance, milter
+    instance.stop()
+    assert milter.stop() == 0, milter.full_log()
+    assert "Traceback" not in milter.full_log(), milter.full_log()
+
+
+def message(sender: str, extra_headers: str = "") -> str:
+    return (f"From: <{sender}>\r\nTo: <user@mx.test>\r\nSubject: spf test\r\n{extra_headers}"
+            "\r\nhello\r\n")
+
+
+def our_results(delivered) -> dict:
+    ars = delivered.get_all("Authentication-Results") or []
+    assert len(ars) == 1, ars  # the forged copy is gone, ours is there
+    parsed = authres.AuthenticationResultsHeader.parse("Authentication-Results: " + re.sub(r"\s+", " ", ars[0]))
+    assert parsed.authserv_id == "mx.test"
+    assert all(r.method == "spf" for r in parsed.results)
+    return {r.properties[0].name: (r.result, r.properties[0].value) for r in parsed.results}
+
+
+def test_fail_sender(mta):
+    mode, instance, milter = mta
+    forged = "Authentication-Results: mx.test; spf=pass smtp.mailfrom=x@sm-fail.example\r\n"
+    before = len(instance.mailbox("user"))
+    result = instance.send("x@sm-fail.example", ["user@mx.test", "postmaster@mx.test"],
+                           message("x@sm-fail.example", forged), helo=HELO)
+    print(f"\n--- Sendmail ({mode}), SPF fail sender ---\n{result.transcript_text()}")
+    if mode == "header-only":
+        assert result.accepted, result.transcript_text()
+        delivered = instance.wait_for_delivery("user", before + 1)[-1]
+        assert milter.log_lines("action=would-reject")
+    else:
+        user_reply = result.rcpt["user@mx.test"]
+        assert (user_reply.code, user_reply.text.split()[0]) == (550, "5.7.23"), result.transcript_text()
+        assert "Mail from sm-fail.example must come through our servers" in user_reply.text
+        assert result.rcpt["postmaster@mx.test"].code == 250  # RFC 5321 section 4.5.1
+        assert result.accepted, result.transcript_text()
+        delivered = instance.wait_for_delivery("postmaster", 1)[-1]
+        assert len(instance.mailbox("user")) == before  # nothing for the refused recipient
+    print(f"--- delivered headers ---\n{''.join(f'{k}: {v}' + chr(10) for k, v in delivered.items())}")
+    assert our_results(delivered) == {"helo": ("pass", HELO), "mailfrom": ("fail", "x@sm-fail.example")}
+
+
+def test_pass_sender_is_delivered_in_both_modes(mta):
+    mode, instance, _ = mta
+    before = len(instance.mailbox("user"))
+    result = instance.send("a@sm-pass.example", ["user@mx.test"], message("a@sm-pass.example"), helo=HELO)
+    print(f"\n--- Sendmail ({mode}), SPF pass sender ---\n{result.transcript_text()}")
+    assert result.accepted, result.transcript_text()
+    delivered = instance.wait_for_delivery("user", before + 1)[-1]
+    assert our_results(delivered) == {"helo": ("pass", HELO), "mailfrom": ("pass", "a@sm-pass.example")}
