@@ -272,7 +272,12 @@ def render_spfmilter8() -> str:
 
     out += [".SH SIGNALS", ".TP", bold("SIGTERM") + ", " + bold("SIGINT"),
             "Stop accepting new connections, let the sessions in flight finish, and exit with "
-            "status 0. libmilter notices the signal within 5 seconds."]
+            "status 0. libmilter notices the signal within 5 seconds.",
+            ".TP", bold("SIGHUP"),
+            "Reload: read the configuration file again; new connections are served by new workers "
+            "with it while the old workers finish their sessions. A file with errors is refused and "
+            "logged. The socket, user, group, socket_mode, socket_group, pid_file and the log "
+            "destination need a restart."]
 
     out += [".SH LOGGING"]
     out += _para(
