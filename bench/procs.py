@@ -3,17 +3,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.postfix import free_port  # noqa: F401 - one helper for the bench and the tests
 
 
 def tree(pid: int) -> list[int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +21,7 @@ if str(ROOT) not in sys.path:
 
 from tests.support.dnsserver import DNSServer  # noqa: E402
 from tests.support.milterclient import MilterClient, wait_ready  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.postfix import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")

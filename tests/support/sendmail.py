@@ -29,13 +29,12 @@ import email.policy
 import os
 import shutil
 import signal
-import smtplib
 import subprocess
 import time
 from pathlib import Path
 from typing import Iterable
 
-from tests.support.postfix import PostfixInstance, Reply, SendResult, free_port, wait_smtp_greeting
+from tests.support.postfix import PostfixInstance, SendResult, free_port, wait_smtp_greeting
 
 SENDMAIL_ROOT = Path(os.environ.get("SPFMILTER_SENDMAIL_ROOT", "/opt/spfmilter-sendmail"))
 SENDMAIL_BIN = SENDMAIL_ROOT / "usr/libexec/sendmail/sendmail"
@@ -218,26 +217,10 @@ Cw{HOSTNAME}
     def send(self, sender: str, rcpts: Iterable[str] | str, message: bytes | str, *,
              helo: str = "mx.example.net", timeout: float = 60.0) -> SendResult:
         """One SMTP transaction (no XCLIENT: the client is 127.0.0.1); never raises for 4xx/5xx."""
-        if isinstance(rcpts, str):
-            rcpts = [rcpts]
-        if isinstance(message, str):
-            message = message.encode("utf-8")
-        result = SendResult()
-        smtp = smtplib.SMTP(local_hostname="client.test", timeout=timeout)
-        try:
-            # the same transaction logic as for Postfix, with client_ip=None (no XCLIENT)
-            PostfixInstance._transaction(self, smtp, result, sender, list(rcpts), message, None, helo,
-                                         "[UNAVAILABLE]", None)
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            result.final = Reply(None, -1, f"connection lost at {result.stage}: {exc}")
-            result.transcript.append(result.final)
-        finally:
-            try:
-                smtp.close()
-            except OSError:
-                pass
-        return result
+        # the same transaction code as for Postfix, without XCLIENT
+        return PostfixInstance.send(self, sender, rcpts, message, client_ip=None, helo=helo, timeout=timeout)
 
+    _transaction = PostfixInstance._transaction
     _docmd = staticmethod(PostfixInstance._docmd)
 
     # ------------------------------------------------------------------ delivered mail
