@@ -271,8 +271,10 @@ def render_spfmilter8() -> str:
         out += _option_entries(sub)
 
     out += [".SH SIGNALS", ".TP", bold("SIGTERM") + ", " + bold("SIGINT"),
-            "Stop accepting new connections, let the sessions in flight finish, and exit with "
-            "status 0. libmilter notices the signal within 5 seconds.",
+            "Stop accepting new connections at once (the MTA applies its default milter action to "
+            "new ones), let the sessions in flight finish (at most 60 seconds), remove the unix "
+            "socket and exit with status 0. Send signals to the main process (the pid_file), not "
+            "to the worker processes.",
             ".TP", bold("SIGHUP"),
             "Reload: read the configuration file again; new connections are served by new workers "
             "with it while the old workers finish their sessions. A file with errors is refused and "

@@ -1,18 +1,26 @@
 """Owns libmilter: registers the callbacks, opens the socket, runs the loop, drains on exit.
 
 libmilter keeps its callbacks and socket in process-wide state, so this module is
-the only place that touches the ``milter`` extension module directly.  It catches
-SIGTERM/SIGINT itself (in its own signal thread) and then returns from
-``milter.main()``; we then wait for the sessions still in flight to finish.
+the only place that touches the ``milter`` extension module directly.
+
+Process model: the main process (``Supervisor``) opens the socket, drops privileges
+and forks workers that share the listener, each running libmilter's loop.  Signals
+go to the main process.  It tells a worker to stop with ``DRAIN_SIGNAL``, which
+libmilter does not know: the worker stops accepting, lets its sessions in flight
+finish and exits.  libmilter's own stop (``smfi_stop``, its SIGTERM handling) is
+not used for this, because once it is set libmilter no longer serves a session that
+waits for its next command, so an in-flight message would get no answer.
 """
 from __future__ import annotations
 
+import ctypes
 import grp
 import logging
 import os
 import pwd
 import signal
 import socket
+import stat
 import threading
 import time
 from typing import Callable, Optional
@@ -41,6 +49,7 @@ class Sessions:
     def opened(self) -> None:
         with self._cond:
             self._count += 1
+            self._cond.notify_all()
 
     def closed(self) -> None:
         with self._cond:
@@ -54,6 +63,11 @@ class Sessions:
     def wait_idle(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._count <= 0, timeout)
+
+    def wait_busy(self, timeout: float) -> bool:
+        """True as soon as a session is open; False if none opened within ``timeout``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._count > 0, timeout)
 
 
 def register(factory: Callable[[], "Milter.Base"], sessions: Sessions) -> None:
@@ -103,20 +117,16 @@ def register(factory: Callable[[], "Milter.Base"], sessions: Sessions) -> None:
 
 
 def find_listener(spec: SocketSpec) -> Optional[int]:
-    """The fd of libmilter's listening socket (pymilter does not expose it).
+    """The fd number of libmilter's listening socket (pymilter does not expose it).
 
     Found by scanning our own open fds for a listening socket bound to the configured
-    address; returns a duplicate the caller must close, or None.
+    address; returns None when there is none.
     """
     for name in os.listdir("/proc/self/fd"):
         try:
-            fd = os.dup(int(name))
+            number = int(name)
+            sock = socket.socket(fileno=os.dup(number))
         except (OSError, ValueError):
-            continue
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError:
-            os.close(fd)
             continue
         try:
             if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
@@ -127,17 +137,16 @@ def find_listener(spec: SocketSpec) -> Optional[int]:
             else:
                 matches = isinstance(bound, tuple) and bound[1] == spec.port
             if matches:
-                return sock.detach()
+                return number
         except OSError:
             continue
         finally:
-            if sock.fileno() != -1:
-                sock.close()
+            sock.close()
     return None
 
 
-def tune_listener(spec: SocketSpec) -> None:
-    """TCP_NODELAY and non-blocking accept on libmilter's listening socket.
+def tune_listener(fd: int, spec: SocketSpec) -> None:
+    """TCP_NODELAY and non-blocking accept on libmilter's listening socket ``fd``.
 
     libmilter writes end-of-message replies as several small packets without
     TCP_NODELAY, so each message waits for the MTA's delayed ACK (~40 ms).  Linux
@@ -146,12 +155,8 @@ def tune_listener(spec: SocketSpec) -> None:
     lets several worker processes share the listener: a worker that loses the race
     for a connection gets EAGAIN instead of blocking inside libmilter.
     """
-    fd = find_listener(spec)
-    if fd is None:
-        log.warning("could not find the listening socket for %s; running without TCP_NODELAY", spec)
-        return
+    sock = socket.socket(fileno=os.dup(fd))
     try:
-        sock = socket.socket(fileno=fd)
         if spec.family != "unix":
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)  # O_NONBLOCK lives on the shared open file description
@@ -227,9 +232,9 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
 
     This process opens the socket, drops privileges and supervises the worker
     processes, which share the listener, each running libmilter's loop with its own
-    DNS cache.  SIGTERM/SIGINT is passed on to every worker (each lets its sessions
-    finish), a worker that dies is replaced, and SIGHUP reloads the configuration:
-    new workers start with it and the old ones finish their sessions and exit.
+    DNS cache.  SIGTERM/SIGINT drains every worker (each lets its sessions finish),
+    a worker that dies is replaced, and SIGHUP reloads the configuration: new
+    workers start with it and the old ones finish their sessions and exit.
     """
     sessions = Sessions()
     register(_unused_factory, sessions)  # libmilter wants a registration before opening the socket
@@ -239,9 +244,14 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     except milter.error as exc:
         log.error("cannot listen on %s: %s", config.socket, exc)
         return 1
-    tune_listener(config.socket)
+    listener = find_listener(config.socket)
+    if listener is None:  # pragma: no cover - libmilter just opened it
+        log.error("cannot find the listening socket for %s", config.socket)
+        return 1
+    tune_listener(listener, config.socket)
     try:
         prepare_socket_file(config)
+        keep_link = make_keep_link(config)
         write_pid_file(config.pid_file)
         if config.user:
             # Import the SPF machinery while its files are surely readable (a Python installed
@@ -256,8 +266,9 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
              __version__, config.socket, config.mode.value, config.header_type.value,
              config.authserv_id, resolve_workers(config.workers))
     try:
-        return Supervisor(config, drain_timeout).run()
+        return Supervisor(config, listener, keep_link, drain_timeout).run()
     finally:
+        remove_socket_file(config, keep_link)
         remove_pid_file(config.pid_file)
 
 
@@ -265,19 +276,146 @@ def _unused_factory():  # pragma: no cover - the supervisor never runs libmilter
     raise RuntimeError("the supervisor does not serve connections")
 
 
-def run_worker(config: Config, drain_timeout: float, keep_link: Optional[str] = None) -> int:
-    """One worker: libmilter's loop with ``config``; on SIGTERM, let the sessions in flight finish."""
+# --- unix socket path ---------------------------------------------------------------
+#
+# libmilter unlinks a unix socket's path when its loop ends in a process that is not
+# root, although other workers still listen on it.  That only happens when libmilter
+# stops by itself (a worker signalled directly, or a fatal listener error), never on
+# our drain; the main process keeps a second hard link so the path can be put back.
+
+
+def make_keep_link(config: Config) -> Optional[str]:
+    if config.socket.family != "unix":
+        return None
+    keep = config.socket.address + ".keep"
+    _unlink_quietly(keep)
+    try:
+        os.link(config.socket.address, keep)
+    except OSError as exc:
+        log.warning("cannot keep a second link to %s (%s): if a worker stops unexpectedly, "
+                    "the socket path may have to be restored by a restart", config.socket.address, exc.strerror)
+        return None
+    return keep
+
+
+def restore_socket_path(config: Config, keep_link: Optional[str]) -> None:
+    """Put the unix socket path back from ``keep_link`` if libmilter removed it."""
+    if not keep_link:
+        return
+    path = config.socket.address
+    if os.path.lexists(path) or not os.path.exists(keep_link):
+        return
+    try:
+        os.link(keep_link, path)
+        log.warning("put back the socket path %s (a worker's libmilter had removed it)", path)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        log.error("could not restore %s: %s", path, exc.strerror)
+
+
+def remove_socket_file(config: Config, keep_link: Optional[str]) -> None:
+    """At exit: remove our unix socket (not a newer instance's) and the second link."""
+    if config.socket.family != "unix":
+        return
+    path = config.socket.address
+    try:
+        ours = keep_link is None or os.path.samefile(path, keep_link)
+        if ours and stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
+    if keep_link:
+        _unlink_quietly(keep_link)
+
+
+# --- workers ------------------------------------------------------------------------
+
+DRAIN_SIGNAL = signal.SIGUSR2  # main process -> worker: stop accepting, finish sessions, exit
+_WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, DRAIN_SIGNAL}
+SETTLE_TIME = 0.25  # an accepted connection's first packet arrives well within this
+
+
+class Drainer:
+    """Waits in its own thread for DRAIN_SIGNAL, then drains the worker and exits it.
+
+    Stopping to accept is done by putting a socket that never becomes readable in
+    place of the listener's fd *in this process only* (``dup2``): libmilter's
+    listener keeps polling it and never accepts again, while the other workers
+    (and, during a reload, the new ones) keep the shared listener.
+    """
+
+    def __init__(self, sessions: Sessions, listener: int, timeout: float):
+        self.sessions = sessions
+        self.listener = listener
+        self.timeout = timeout
+        self._peer: Optional[socket.socket] = None
+
+    def start(self) -> None:
+        threading.Thread(target=self._wait, name="spfmilter-drain", daemon=True).start()
+
+    def _wait(self) -> None:
+        signal.sigwait({DRAIN_SIGNAL})
+        code = 1
+        try:
+            code = self.drain()
+        except BaseException:  # noqa: BLE001 - exit in any case
+            log.exception("draining failed")
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def stop_accepting(self) -> None:
+        quiet, self._peer = socket.socketpair()
+        try:
+            os.dup2(quiet.fileno(), self.listener, inheritable=False)
+        finally:
+            quiet.close()
+
+    def close(self) -> None:
+        if self._peer is not None:
+            self._peer.close()
+            self._peer = None
+
+    def drain(self) -> int:
+        self.stop_accepting()
+        started = time.monotonic()
+        deadline = started + self.timeout
+        announced = False
+        while True:
+            if self.sessions.count > 0 and not announced:
+                log.info("stopping: waiting for %d session(s) in flight", self.sessions.count)
+                announced = True
+            if not self.sessions.wait_idle(max(0.0, deadline - time.monotonic())):
+                log.warning("stopping with %d session(s) still open after %g s",
+                            self.sessions.count, self.timeout)
+                return 1
+            # a connection accepted just before the switch may not have reached us yet
+            if not self.sessions.wait_busy(SETTLE_TIME):
+                break
+        log.info("stopped after %.1f s of draining", time.monotonic() - started)
+        return 0
+
+
+def run_worker(config: Config, listener: int, drain_timeout: float, keep_link: Optional[str] = None) -> int:
+    """One worker: libmilter's loop with ``config`` until DRAIN_SIGNAL (see Drainer).
+
+    If libmilter stops by itself (a SIGTERM sent to the worker directly, or a fatal
+    listener error), ``milter.main()`` returns and we still wait for the sessions it
+    keeps serving.
+    """
     from .milter import SpfMilter, make_service
 
     service = make_service(config)
     sessions = Sessions()
     register(lambda: SpfMilter(service), sessions)
+    Drainer(sessions, listener, drain_timeout).start()
     try:
         milter.main()
     except milter.error as exc:
         log.error("milter main loop failed: %s", exc)
         return 1
-    _restore_socket_path(config, keep_link)
+    restore_socket_path(config, keep_link)
     started = time.monotonic()
     if sessions.count > 0:
         log.info("stopping: waiting for %d session(s) in flight", sessions.count)
@@ -288,23 +426,15 @@ def run_worker(config: Config, drain_timeout: float, keep_link: Optional[str] = 
     return 0
 
 
-def _restore_socket_path(config: Config, keep_link: Optional[str]) -> None:
-    """Put back a unix socket path that libmilter removed while other workers still listen on it.
-
-    libmilter's closing code unlinks the socket path when it does not run as root, even
-    though the listener itself stays open in the other processes.  During a reload the
-    supervisor keeps a second hard link to the socket for this.
-    """
-    if config.socket.family != "unix" or not keep_link:
+def _die_with_parent(parent: int) -> None:
+    """Drain (not just vanish) if the main process dies without telling us (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(DRAIN_SIGNAL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
         return
-    path = config.socket.address
-    if not os.path.exists(path) and os.path.exists(keep_link):
-        try:
-            os.link(keep_link, path)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            log.error("could not restore %s: %s", path, exc.strerror)
+    if os.getppid() != parent:  # it died before the prctl
+        os.kill(os.getpid(), DRAIN_SIGNAL)
 
 
 _SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP}
@@ -316,29 +446,34 @@ class Supervisor:
 
     The supervisor never calls ``milter.main()`` (that would start libmilter's signal
     thread here); it waits for signals with the signal mask, so no Python signal
-    handler is involved.
+    handler is involved.  Workers run in their own process group, so a Ctrl-C in a
+    terminal reaches only this process, which then drains them.
     """
 
-    def __init__(self, config: Config, drain_timeout: float = DRAIN_TIMEOUT):
+    def __init__(self, config: Config, listener: int, keep_link: Optional[str] = None,
+                 drain_timeout: float = DRAIN_TIMEOUT):
         self.config = config
+        self.listener = listener
+        self.keep_link = keep_link
         self.drain_timeout = drain_timeout
         self.children: dict[int, int] = {}  # pid -> slot, current generation
         self.retiring: set[int] = set()  # workers of an older configuration, finishing their sessions
         self.stopping = False
-        self.keep_link: Optional[str] = None
 
     def _spawn(self, slot: int) -> None:
-        config, keep_link = self.config, self.keep_link
+        config, parent = self.config, os.getpid()
         pid = os.fork()
         if pid == 0:  # worker
             code = 1
             try:
-                # SIGTERM/SIGINT/SIGHUP stay blocked: libmilter's signal thread sigwaits for
-                # them, so one that arrives before the loop starts is acted on, not fatal.
-                signal.pthread_sigmask(signal.SIG_SETMASK, set(self._old_mask)
-                                       | {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+                # Blocked here, and so in every thread: libmilter's signal thread sigwaits for
+                # SIGTERM/SIGINT/SIGHUP, the Drainer for DRAIN_SIGNAL; one that arrives before
+                # they wait stays pending instead of killing the process.
+                signal.pthread_sigmask(signal.SIG_SETMASK, set(self._old_mask) | _WORKER_SIGNALS)
+                os.setpgid(0, 0)
+                _die_with_parent(parent)
                 log.info("worker %d started (pid %d)", slot, os.getpid())
-                code = run_worker(config, self.drain_timeout, keep_link)
+                code = run_worker(config, self.listener, self.drain_timeout, self.keep_link)
             except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor's code
                 log.exception("worker %d failed", slot)
             finally:
@@ -366,21 +501,12 @@ class Supervisor:
             new = replace_fields(new, self.config, changed)
         self.config = new
         logging.getLogger("spfmilter").setLevel(new.log_level.upper())
-        if new.socket.family == "unix" and self.keep_link is None:
-            self.keep_link = new.socket.address + ".spfmilter-keep"
-            try:
-                if os.path.exists(self.keep_link):
-                    os.unlink(self.keep_link)
-                os.link(new.socket.address, self.keep_link)
-            except OSError as exc:
-                log.warning("reload: cannot keep a link to %s (%s)", new.socket.address, exc.strerror)
-                self.keep_link = None
         old = list(self.children)
         self.retiring.update(old)
         self.children = {}
         self._spawn_generation()
         for pid in old:
-            _kill(pid, signal.SIGTERM)
+            _kill(pid, DRAIN_SIGNAL)
         log.info("reloaded %s: %d new worker(s), %d old one(s) finishing their sessions",
                  new.source, len(self.children), len(old))
 
@@ -403,13 +529,17 @@ class Supervisor:
                 continue
             if info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
                 self.stopping = True
+                # Our copy of the listener goes first: once the workers have dropped theirs,
+                # new connections are refused and the MTA applies its default action at once.
+                os.close(self.listener)
                 log.info("stopping %d worker(s)", len(self.children) + len(self.retiring))
                 for pid in list(self.children) + list(self.retiring):
-                    _kill(pid, signal.SIGTERM)
+                    _kill(pid, DRAIN_SIGNAL)
             elif info.si_signo == signal.SIGHUP and not self.stopping:
                 self.reload()
             for pid, status in _reap():
                 code = os.waitstatus_to_exitcode(status)
+                restore_socket_path(self.config, self.keep_link)
                 if pid in self.retiring:
                     self.retiring.discard(pid)
                     if code != 0:
@@ -423,10 +553,8 @@ class Supervisor:
                     continue
                 log.error("worker %d (pid %d) exited unexpectedly with status %d", slot, pid, code)
                 pending_respawn.append(slot)
-            if not self.retiring and self.keep_link:
-                _unlink_quietly(self.keep_link)
-                self.keep_link = None
-        signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+        # The signals stay blocked: a second SIGTERM sent while we stopped must not kill the
+        # process on its way out (it is about to exit anyway).
         log.info("all workers stopped")
         return 0 if worst == 0 else 1
 

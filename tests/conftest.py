@@ -75,8 +75,20 @@ class RunningMilter:
 
 
 def launch_milter(directory: Path, name: str, extra: str, dns_port: int | None, inet: bool = False,
-                  module: str = "spfmilter") -> RunningMilter:
-    """Start ``python -m MODULE`` with a generated config; return once a handshake succeeds."""
+                  module: str = "spfmilter", config_text: str | None = None) -> RunningMilter:
+    """Start ``python -m MODULE`` with a generated config; return once a handshake succeeds.
+
+    ``config_text``: the whole configuration instead (``extra``, ``dns_port`` and ``inet``
+    are then ignored); its ``socket`` line says where to connect.
+    """
+    if config_text is not None:
+        spec = re.search(r"^socket = (unix|inet):(\S+)$", config_text, re.MULTILINE)
+        if spec.group(1) == "unix":
+            addr = spec.group(2)
+        else:
+            port, _, host = spec.group(2).partition("@")
+            addr = (host, int(port))
+        return _launch(directory, name, config_text, addr, module)
     if inet:
         port = free_port()
         sock_spec, addr = f"inet:{port}@127.0.0.1", ("127.0.0.1", port)
@@ -89,8 +101,12 @@ def launch_milter(directory: Path, name: str, extra: str, dns_port: int | None, 
     lines = ([f"socket = {sock_spec}"] if sock_spec else []) + ["authserv_id = mx.test", "log_level = debug"]
     if dns_port is not None:
         lines.append(f"dns_servers = 127.0.0.1:{dns_port}")
+    return _launch(directory, name, "\n".join(lines) + "\n" + extra + "\n", addr, module)
+
+
+def _launch(directory: Path, name: str, config_text: str, addr, module: str) -> RunningMilter:
     config_path = directory / f"{name}.conf"
-    config_path.write_text("\n".join(lines) + "\n" + extra + "\n")
+    config_path.write_text(config_text)
     log_path = directory / f"{name}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(log_path, "wb") as log_file:
@@ -108,7 +124,7 @@ def launch_milter(directory: Path, name: str, extra: str, dns_port: int | None, 
 
 
 def stop_all(handles, allow_tracebacks: bool = False) -> list[str]:
-    """SIGTERM every milter at once (libmilter notices within ~5 s), then check each exit."""
+    """SIGTERM every milter at once, then check each exit."""
     for handle in handles:
         if handle.proc.poll() is None:
             handle.proc.send_signal(signal.SIGTERM)

@@ -15,7 +15,7 @@ import authres
 import pytest
 
 from tests.support.dnsserver import DNSServer
-from tests.support.milterclient import MilterClient
+from tests.support.milterclient import MilterClient, MilterClosed
 
 # A stage that does not refuse: answered "continue", not answered (no-reply stage), or not
 # sent at all (header-only mode asks the MTA to skip RCPT).
@@ -379,14 +379,25 @@ def test_inet_socket(start_milter, world):
     assert ar_results(mods)["mailfrom"][0] == "pass"
 
 
-def test_sigterm_lets_the_session_in_flight_finish(start_milter, world):
+@pytest.mark.parametrize("pause", [0.0, 1.0], ids=["next-command-at-once", "pause-before-next-command"])
+def test_sigterm_lets_the_session_in_flight_finish(start_milter, world, pause):
+    """An MTA's client may think for a while between commands (DATA comes much later than RCPT)."""
     milter = start_milter(fresh=True)
-    client: MilterClient = milter.client()
+    client: MilterClient = milter.client(timeout=10)
     client.connect("[192.0.2.7]", CLIENT_IP, port=40000, family="4")
     client.helo("helo.example")
     client.mail("<a@fail.example>")
     milter.proc.terminate()
-    # the in-flight session still completes normally
+    if pause:
+        deadline = time.monotonic() + 20
+        while "stopping: waiting for 1 session(s) in flight" not in milter.logs():
+            assert time.monotonic() < deadline and milter.proc.poll() is None
+            time.sleep(0.05)
+        # nobody serves new connections any more: refused, or reset once libmilter's listener
+        # thread lets go of the old socket (within its 5 s poll), so the MTA applies its default action
+        with pytest.raises((ConnectionRefusedError, MilterClosed)):
+            milter.client(timeout=8)
+        time.sleep(pause)  # the pause under test, not a readiness wait
     assert client.rcpt("<b@mx.test>").action in PASSED_ON
     client.data()
     client.eoh()
@@ -395,6 +406,7 @@ def test_sigterm_lets_the_session_in_flight_finish(start_milter, world):
     client.quit()
     assert milter.proc.wait(20) == 0
     assert "stopped after" in milter.logs()
+    assert not os.path.exists(milter.addr)  # the unix socket is removed at exit
 
 
 @pytest.mark.parametrize("on_error,expected", [("tempfail", ("replycode", 451, "4.3.0")), ("accept", ("accept", None, None))])

@@ -1,16 +1,28 @@
-"""spfmilter behind a real Postfix: the main.cf lines from contrib/ with the port substituted."""
+"""spfmilter behind a real Postfix, over an inet and a unix socket.
+
+The milter's configuration is contrib/spfmilter.conf and Postfix's milter settings are the
+lines of contrib/postfix-main.cf, with ports and paths substituted: the snippets users copy
+are the ones tested here.
+"""
 from __future__ import annotations
 
+import os
+import pwd
 import re
+import shutil
+import signal
+import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 
-import authres
 import pytest
 
 from tests.conftest import launch_milter
 from tests.milter.test_sessions import zones
-from tests.support.postfix import PostfixInstance, postfix_available
+from tests.support.delivered import our_authentication_results, our_received_spf
+from tests.support.postfix import PostfixInstance, free_port, postfix_available
 
 _usable, _why = postfix_available()
 if not _usable:
@@ -19,17 +31,45 @@ if not _usable:
 pytestmark = pytest.mark.mta
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_IP = "192.0.2.7"
+HELO = "helo.example"
 
 
-def contrib_main_cf(port: int) -> dict:
-    """The contrib/postfix-main.cf settings, pointed at the test milter's port."""
-    settings = {}
+# ---------------------------------------------------------------- the contrib files
+
+def contrib_main_cf(milter_socket: str) -> dict:
+    """contrib/postfix-main.cf's settings for ``milter_socket`` (``inet:HOST:PORT`` or ``unix:PATH``).
+
+    The inet line is the active one; the unix line is the commented alternative it documents.
+    """
+    settings, unix_line = {}, None
     for line in (ROOT / "contrib" / "postfix-main.cf").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
+        alternative = re.fullmatch(r"#\s+smtpd_milters = (unix:\S+)", line.strip())
+        if alternative:
+            unix_line = alternative.group(1)
+        elif line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
-            settings[key.strip()] = value.strip().replace(":8890", f":{port}")
+            settings[key.strip()] = value.strip()
+    if milter_socket.startswith("unix:"):
+        assert unix_line == "unix:/run/spfmilter/spfmilter.sock"
+        settings["smtpd_milters"] = milter_socket
+    else:
+        assert settings["smtpd_milters"] == "inet:127.0.0.1:8890"
+        settings["smtpd_milters"] = settings["smtpd_milters"].replace(":8890", ":" + milter_socket.rsplit(":", 1)[1])
     return settings
 
+
+def contrib_spfmilter_conf(**values: str) -> str:
+    """contrib/spfmilter.conf with the given keys set (a commented ``#key = ...`` line is switched on)."""
+    lines = (ROOT / "contrib" / "spfmilter.conf").read_text().splitlines()
+    for key, value in values.items():
+        pattern = re.compile(rf"#?{re.escape(key)} = .*")
+        found = [i for i, line in enumerate(lines) if pattern.fullmatch(line)]
+        assert len(found) == 1, f"contrib/spfmilter.conf has no single line for {key}"
+        lines[found[0]] = f"{key} = {value}"
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
 def world(dns_server):
@@ -37,18 +77,52 @@ def world(dns_server):
     return dns_server
 
 
-@pytest.fixture(scope="module", params=["header-only", "enforce"])
+def socket_directory() -> Path:
+    """Like systemd's RuntimeDirectory=spfmilter: owned by the daemon's user (nobody here), 0755,
+    on a path the postfix user can reach."""
+    base = Path(tempfile.mkdtemp(prefix="spfmilter-pf-"))
+    os.chmod(base, 0o755)
+    run = base / "run"
+    run.mkdir()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(run, nobody.pw_uid, nobody.pw_gid)
+    return run
+
+
+def start_milter(directory: Path, transport: str, dns_port: int, mode: str = "header-only",
+                 socket_dir: Path | None = None, name: str = "m"):
+    """spfmilter on contrib/spfmilter.conf; returns (milter handle, smtpd_milters value)."""
+    common = dict(mode=mode, header_type="both", authserv_id="mx.test", dns_servers=f"127.0.0.1:{dns_port}",
+                  log_level="debug")
+    if transport == "inet":
+        port = free_port()
+        text = contrib_spfmilter_conf(socket=f"inet:{port}@127.0.0.1", **common)
+        smtpd_milter = f"inet:127.0.0.1:{port}"
+    else:
+        path = socket_dir / "spfmilter.sock"
+        text = contrib_spfmilter_conf(socket=f"unix:{path}", socket_group="postfix", user="nobody", **common)
+        smtpd_milter = f"unix:{path}"
+    return launch_milter(directory, name, "", None, config_text=text), smtpd_milter
+
+
+@pytest.fixture(scope="module", params=[("header-only", "inet"), ("enforce", "inet"),
+                                        ("header-only", "unix"), ("enforce", "unix")],
+                ids=lambda p: "-".join(p))
 def mta(request, world, tmp_path_factory):
-    directory = tmp_path_factory.mktemp(f"pf-{request.param}")
-    milter = launch_milter(directory, "m", f"mode = {request.param}\ntrusted_networks = 127.0.0.1/32",
-                           world.port, inet=True)
-    settings = contrib_main_cf(milter.addr[1])
+    mode, transport = request.param
+    directory = tmp_path_factory.mktemp(f"pf-{mode}-{transport}")
+    socket_dir = socket_directory() if transport == "unix" else None
+    milter, smtpd_milter = start_milter(directory, transport, world.port, mode, socket_dir)
+    settings = contrib_main_cf(smtpd_milter)
     instance = PostfixInstance(directory / "postfix", milters=settings.pop("smtpd_milters"),
                                milter_default_action=settings.pop("milter_default_action"), extra_main_cf=settings)
     instance.start()
-    yield request.param, instance, milter
+    yield mode, instance, milter
     instance.stop()
-    milter.stop()
+    assert milter.stop() == 0
+    if socket_dir is not None:
+        assert not (socket_dir / "spfmilter.sock").exists()  # removed at exit
+        shutil.rmtree(socket_dir.parent)
 
 
 def message(sender: str, extra_headers: str = "") -> str:
@@ -56,11 +130,34 @@ def message(sender: str, extra_headers: str = "") -> str:
             "\r\nhello\r\n")
 
 
+FORGED = ("Authentication-Results: mx.test; spf=pass smtp.mailfrom={sender}\r\n"
+          "Received-SPF: pass (mx.test: forged) client-ip=192.0.2.7; envelope-from={sender}; receiver=mx.test;\r\n"
+          "\tidentity=mailfrom\r\n")
+
+
+def our_results(delivered) -> dict:
+    """{'ar': {identity: result}, 'rspf': {identity: result}} from the delivered message's headers."""
+    ar = {identity: result for identity, (result, _) in our_authentication_results(delivered).items()}
+    return {"ar": ar, "rspf": our_received_spf(delivered)}
+
+
+def wait_for_marked(instance, user: str, marker: str, count: int, timeout: float = 30) -> list:
+    """Delivered messages carrying ``X-Test-Run: marker`` (delivery is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ours = [m for m in instance.mailbox(user) if m.get("X-Test-Run") == marker]
+        if len(ours) >= count or time.monotonic() > deadline:
+            return ours
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- tests
+
 def test_fail_sender(mta):
     mode, instance, milter = mta
-    forged = "Authentication-Results: mx.test; spf=pass smtp.mailfrom=x@fail.example\r\n"
-    result = instance.send("x@fail.example", ["user@mx.test", "postmaster@mx.test"],
-                           message("x@fail.example", forged), client_ip=CLIENT_IP, helo="helo.example")
+    sender = "x@fail.example"
+    result = instance.send(sender, ["user@mx.test", "postmaster@mx.test"],
+                           message(sender, FORGED.format(sender=sender)), client_ip=CLIENT_IP, helo=HELO)
     print(result.transcript_text())
     if mode == "header-only":
         assert result.accepted
@@ -72,46 +169,165 @@ def test_fail_sender(mta):
         assert result.rcpt["postmaster@mx.test"].code == 250  # RFC 5321 section 4.5.1
         assert result.accepted
         delivered = instance.wait_for_delivery("postmaster@mx.test", 1)[-1]
-    ars = delivered.get_all("Authentication-Results")
-    assert len(ars) == 1  # the forged copy is gone, ours is there
-    parsed = authres.AuthenticationResultsHeader.parse("Authentication-Results: " + re.sub(r"\s+", " ", ars[0]))
-    assert parsed.authserv_id == "mx.test"
-    assert {(r.properties[0].name, r.result) for r in parsed.results} == {("helo", "pass"), ("mailfrom", "fail")}
+    assert our_results(delivered) == {"ar": {"helo": "pass", "mailfrom": "fail"},
+                                      "rspf": {"helo": "pass", "mailfrom": "fail"}}
+
+
+EVERY_RESULT = [("pass", "pass"), ("fail", "fail"), ("softfail", "softfail"), ("neutral", "neutral"),
+                ("none", "none"), ("permerror", "permerror"), ("temperror", "temperror")]
+
+
+def test_header_only_delivers_every_result_with_its_headers(mta):
+    mode, instance, milter = mta
+    if mode != "header-only":
+        pytest.skip("header-only mode")
+    run = uuid.uuid4().hex[:8]
+    for domain, _ in EVERY_RESULT:
+        sender = f"a@{domain}.example"
+        marker = f"X-Test-Run: {run}-{domain}\r\n"
+        result = instance.send(sender, ["user@mx.test"], message(sender, marker + FORGED.format(sender=sender)),
+                               client_ip=CLIENT_IP, helo=HELO)
+        assert result.accepted, result.transcript_text()
+    for domain, expected in EVERY_RESULT:
+        [delivered] = wait_for_marked(instance, "user@mx.test", f"{run}-{domain}", 1)
+        assert our_results(delivered) == {"ar": {"helo": "pass", "mailfrom": expected},
+                                          "rspf": {"helo": "pass", "mailfrom": expected}}, domain
+    # and the log says what enforcement would have done
+    assert any("action=would-reject" in line and "fail.example" in line
+               for line in milter.log_lines("identity=mailfrom"))
 
 
 def test_pass_sender_is_delivered_in_both_modes(mta):
     _, instance, _ = mta
     result = instance.send("a@pass.example", ["user@mx.test"], message("a@pass.example"),
-                           client_ip=CLIENT_IP, helo="helo.example")
+                           client_ip=CLIENT_IP, helo=HELO)
     assert result.accepted, result.transcript_text()
 
 
 def test_temperror_defers_only_in_enforce_mode(mta):
     mode, instance, _ = mta
     result = instance.send("a@temperror.example", ["user@mx.test"], message("a@temperror.example"),
-                           client_ip=CLIENT_IP, helo="helo.example")
+                           client_ip=CLIENT_IP, helo=HELO)
     if mode == "enforce":
         reply = result.rcpt["user@mx.test"]
         assert (reply.code, reply.text.split()[0]) == (451, "4.7.24"), result.transcript_text()
+        assert not result.accepted
     else:
         assert result.accepted
 
 
 def test_trusted_and_authenticated_clients_are_not_checked(mta):
     mode, instance, milter = mta
-    marker = f"X-Test-Run: trusted-{mode}\r\n"
-    # 127.0.0.1 is in trusted_networks for this milter; a SASL login is trusted by default
+    marker = f"trusted-{uuid.uuid4().hex[:8]}"
+    # 127.0.0.1 is in trusted_networks (contrib: loopback); a SASL login is trusted by default
     for kwargs in ({"client_ip": "127.0.0.1"}, {"client_ip": CLIENT_IP, "login": "alice"}):
-        result = instance.send("x@fail.example", ["user@mx.test"], message("x@fail.example", marker),
-                               helo="helo.example", **kwargs)
+        result = instance.send("x@fail.example", ["user@mx.test"],
+                               message("x@fail.example", f"X-Test-Run: {marker}\r\n"), helo=HELO, **kwargs)
         assert result.accepted, result.transcript_text()
-    # delivery is asynchronous: wait for these two messages, recognised by their marker header
-    deadline = time.monotonic() + 30
-    ours = []
-    while len(ours) < 2 and time.monotonic() < deadline:
-        ours = [m for m in instance.mailbox("user@mx.test") if m.get("X-Test-Run") == f"trusted-{mode}"]
-        if len(ours) < 2:
-            time.sleep(0.05)
+    ours = wait_for_marked(instance, "user@mx.test", marker, 2)
     assert len(ours) == 2
-    assert all(m.get("Authentication-Results") is None for m in ours)
+    assert all(m.get("Authentication-Results") is None and m.get("Received-SPF") is None for m in ours)
     assert milter.logs().count("skipped=") >= 2
+
+
+def test_several_messages_on_one_connection_each_get_their_own_result(mta):
+    mode, instance, milter = mta
+    run = uuid.uuid4().hex[:8]
+    plan = [("fail", "user@mx.test"), ("pass", "user@mx.test"), ("softfail", "user@mx.test"),
+            ("fail", "postmaster@mx.test"), ("none", "user@mx.test")]
+    transactions = [(f"m{i}@{domain}.example", [rcpt],
+                     message(f"m{i}@{domain}.example", f"X-Test-Run: {run}-{i}\r\n"))
+                    for i, (domain, rcpt) in enumerate(plan)]
+    results = instance.send_several(transactions, client_ip=CLIENT_IP, helo=HELO)
+    print("\n".join(r.transcript_text() for r in results))
+    assert [r.reply("RSET") is not None for r in results] == [False, True, True, True, True]
+    for i, ((domain, rcpt), result) in enumerate(zip(plan, results)):
+        refused = mode == "enforce" and domain == "fail" and rcpt.startswith("user@")
+        if refused:
+            assert (result.code, result.text.split()[0]) == (550, "5.7.23") and not result.accepted
+            continue
+        assert result.accepted, result.transcript_text()
+        [delivered] = wait_for_marked(instance, rcpt, f"{run}-{i}", 1)
+        assert our_results(delivered)["ar"] == {"helo": "pass", "mailfrom": domain}
+
+
+# ---------------------------------------------------------------- milter restarted under load
+
+def test_milter_restart_under_load_loses_no_message(world, tmp_path):
+    """SIGTERM the milter while Postfix is busy, start a new one: every message ends up delivered, checked.
+
+    With milter_default_action = tempfail (contrib), a message either passes through a milter or is
+    deferred with a 4xx that the client retries; none is lost and none is delivered unchecked.
+    """
+    socket_dir = socket_directory()
+    first, smtpd_milter = start_milter(tmp_path, "unix", world.port, socket_dir=socket_dir, name="first")
+    settings = contrib_main_cf(smtpd_milter)
+    instance = PostfixInstance(tmp_path / "postfix", milters=settings.pop("smtpd_milters"),
+                               milter_default_action=settings.pop("milter_default_action"), extra_main_cf=settings)
+    run = uuid.uuid4().hex[:8]
+    total, senders = 60, 4
+    deferred, problems, sent = [], [], []
+    lock = threading.Lock()
+    half_sent = threading.Event()
+
+    def submit(worker: int) -> None:
+        for n in range(worker, total, senders):
+            sender = "a@pass.example" if n % 2 else "b@fail.example"
+            data = message(sender, f"X-Test-Run: {run}-{n}\r\n")
+            deadline = time.monotonic() + 60
+            while True:
+                result = instance.send(sender, ["user@mx.test"], data, client_ip=CLIENT_IP, helo=HELO)
+                if result.accepted:
+                    break
+                if not 400 <= result.code < 500 or time.monotonic() > deadline:
+                    with lock:
+                        problems.append(result.transcript_text())
+                    return
+                with lock:
+                    deferred.append(result.code)
+                time.sleep(0.1)  # an SMTP client's retry interval, shortened
+            with lock:
+                sent.append(n)
+                if len(sent) == total // 2:
+                    half_sent.set()
+
+    second = None
+    with instance:
+        threads = [threading.Thread(target=submit, args=(w,)) for w in range(senders)]
+        for thread in threads:
+            thread.start()
+        try:
+            assert half_sent.wait(60), problems
+            first.proc.send_signal(signal.SIGTERM)
+            assert first.proc.wait(60) == 0
+            second, _ = start_milter(tmp_path, "unix", world.port, socket_dir=socket_dir, name="second")
+        finally:
+            for thread in threads:
+                thread.join(120)
+        assert problems == []
+        assert sorted(sent) == list(range(total))
+        delivered = wait_for_marked_all(instance, run, total)
+        assert sorted(delivered) == list(range(total)), "lost or duplicated messages"
+        # every delivered message was checked by one of the two milters
+        for n, msg in delivered.items():
+            expected = "pass" if n % 2 else "fail"
+            assert our_results(msg)["ar"]["mailfrom"] == expected, n
+    assert second is not None and second.stop() == 0
+    print(f"{total} messages, {len(deferred)} deferrals retried during the restart")
+    assert "stopped after" in first.full_log()
+    shutil.rmtree(socket_dir.parent)
+
+
+def wait_for_marked_all(instance, run: str, total: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        found: dict = {}
+        for msg in instance.mailbox("user@mx.test"):
+            marker = msg.get("X-Test-Run", "")
+            if marker.startswith(f"{run}-"):
+                n = int(marker.rsplit("-", 1)[1])
+                assert n not in found, f"message {n} delivered twice"
+                found[n] = msg
+        if len(found) >= total or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)

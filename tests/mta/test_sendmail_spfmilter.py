@@ -5,13 +5,12 @@ Sendmail has no XCLIENT, so the milter sees every client as 127.0.0.1: it runs w
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import authres
 import pytest
 
 from tests.conftest import launch_milter
+from tests.support.delivered import our_authentication_results
 from tests.support.sendmail import SendmailInstance, sendmail_available
 
 _usable, _why = sendmail_available()
@@ -67,13 +66,7 @@ def message(sender: str, extra_headers: str = "") -> str:
             "\r\nhello\r\n")
 
 
-def our_results(delivered) -> dict:
-    ars = delivered.get_all("Authentication-Results") or []
-    assert len(ars) == 1, ars  # the forged copy is gone, ours is there
-    parsed = authres.AuthenticationResultsHeader.parse("Authentication-Results: " + re.sub(r"\s+", " ", ars[0]))
-    assert parsed.authserv_id == "mx.test"
-    assert all(r.method == "spf" for r in parsed.results)
-    return {r.properties[0].name: (r.result, r.properties[0].value) for r in parsed.results}
+our_results = our_authentication_results
 
 
 def test_fail_sender(mta):
@@ -107,3 +100,43 @@ def test_pass_sender_is_delivered_in_both_modes(mta):
     assert result.accepted, result.transcript_text()
     delivered = instance.wait_for_delivery("user", before + 1)[-1]
     assert our_results(delivered) == {"helo": ("pass", HELO), "mailfrom": ("pass", "a@sm-pass.example")}
+
+
+def test_several_messages_on_one_connection_each_get_their_own_result(mta):
+    mode, instance, _ = mta
+    plan = [("sm-fail", "postmaster"), ("sm-pass", "user"), ("sm-fail", "user"), ("sm-pass", "postmaster")]
+    before = {box: len(instance.mailbox(box)) for box in ("user", "postmaster")}
+    transactions = [(f"m{i}@{domain}.example", [f"{box}@mx.test"],
+                     message(f"m{i}@{domain}.example", f"X-Test-Run: sm-several-{mode}-{i}\r\n"))
+                    for i, (domain, box) in enumerate(plan)]
+    results = instance.send_several(transactions, helo=HELO)
+    print("\n".join(r.transcript_text() for r in results))
+    expected_counts = dict(before)
+    for i, ((domain, box), result) in enumerate(zip(plan, results)):
+        if i:
+            assert result.reply("RSET").code == 250
+        if mode == "enforce" and domain == "sm-fail" and box == "user":
+            assert (result.code, result.text.split()[0]) == (550, "5.7.23"), result.transcript_text()
+            continue
+        assert result.accepted, result.transcript_text()
+        expected_counts[box] += 1
+    for box, count in expected_counts.items():
+        delivered = instance.wait_for_delivery(box, count)
+        assert len(delivered) == count
+        for msg in delivered[before[box]:]:
+            i = int(msg["X-Test-Run"].rsplit("-", 1)[1])
+            sender = f"m{i}@{plan[i][0]}.example"
+            assert our_results(msg)["mailfrom"] == ("fail" if plan[i][0] == "sm-fail" else "pass", sender)
+
+
+def test_milter_down_defers_and_loses_nothing(world, tmp_path):
+    """F=T from contrib/sendmail.mc: with nothing listening on the milter's port, mail is deferred."""
+    from tests.support.postfix import free_port
+
+    instance = SendmailInstance(tmp_path / "sendmail", milter_mc=contrib_milter_mc(free_port()))
+    with instance:
+        result = instance.send("a@sm-pass.example", ["user@mx.test"], message("a@sm-pass.example"), helo=HELO)
+        print(f"\n--- Sendmail, milter down ---\n{result.transcript_text()}")
+        assert (result.stage, result.code) == ("mail", 451) and not result.accepted, result.transcript_text()
+        assert instance.mailbox("user") == []
+        assert list(instance.queue_dir.iterdir()) == []  # deferred to the client, nothing half-queued

@@ -353,7 +353,137 @@ def _stop_leftovers() -> None:  # pragma: no cover - only on abnormal exits
             pass
 
 
-class PostfixInstance:
+class SmtpSubmitter:
+    """SMTP client side of a test MTA (``self.port`` on 127.0.0.1): submits mail, records transcripts."""
+
+    port: int | None
+
+    def send(self, sender: str, rcpts: Iterable[str] | str, message: bytes | str, *,
+             client_ip: str | None = "192.0.2.7", helo: str = "mx.example.net",
+             client_name: str = "[UNAVAILABLE]", login: str | None = None,
+             timeout: float = 60.0) -> SendResult:
+        """One SMTP transaction (with XCLIENT unless ``client_ip`` is None); never raises for 4xx/5xx."""
+        return self.send_several([(sender, rcpts, message)], client_ip=client_ip, helo=helo,
+                                 client_name=client_name, login=login, timeout=timeout)[0]
+
+    def send_several(self, transactions: Sequence[tuple[str, Iterable[str] | str, bytes | str]], *,
+                     client_ip: str | None = "192.0.2.7", helo: str = "mx.example.net",
+                     client_name: str = "[UNAVAILABLE]", login: str | None = None,
+                     timeout: float = 60.0) -> list[SendResult]:
+        """Several transactions (sender, rcpts, message) on one SMTP connection, RSET between them.
+
+        The greeting, XCLIENT and EHLO are in the first result's transcript; each later one
+        starts with its RSET.  A transaction never reached has ``final`` None.
+        """
+        results = [SendResult() for _ in transactions]
+        smtp = smtplib.SMTP(local_hostname="client.test", timeout=timeout)
+        current = results[0]
+        try:
+            if self._greet(smtp, current, client_ip, helo, client_name, login):
+                for index, (sender, rcpts, message) in enumerate(transactions):
+                    current = results[index]
+                    if isinstance(rcpts, str):
+                        rcpts = [rcpts]
+                    if isinstance(message, str):
+                        message = message.encode("utf-8")
+                    if index:
+                        current.stage = "rset"
+                        reply = self._exchange(smtp, current, "RSET")
+                        if reply.code != 250:
+                            current.final = reply
+                            break
+                    if not self._transaction(smtp, current, sender, list(rcpts), message):
+                        break
+                else:
+                    self._exchange(smtp, current, "QUIT")
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            current.final = Reply(None, -1, f"connection lost at {current.stage}: {exc}")
+            current.transcript.append(current.final)
+        finally:
+            try:
+                smtp.close()
+            except OSError:
+                pass
+        return results
+
+    @staticmethod
+    def _exchange(smtp, result: SendResult, command: str) -> Reply:
+        verb, _, args = command.partition(" ")
+        code, text = smtp.docmd(verb, args)
+        reply = Reply(command, code, text.decode("utf-8", "replace"))
+        result.transcript.append(reply)
+        return reply
+
+    def _greet(self, smtp, result, client_ip, helo, client_name, login) -> bool:
+        """Connect, XCLIENT, EHLO; on a refusal record it as ``final`` and return False."""
+        result.stage = "connect"
+        code, text = smtp.connect("127.0.0.1", self.port)
+        greeting = Reply(None, code, text.decode("utf-8", "replace"))
+        result.transcript.append(greeting)
+        if code != 220:
+            result.final = greeting
+            return False
+        steps = []
+        if client_ip is not None:
+            attrs = [f"ADDR={_xtext(client_ip)}", f"NAME={_xtext(client_name)}", f"HELO={_xtext(helo)}"]
+            if login is not None:
+                attrs.append(f"LOGIN={_xtext(login)}")
+            steps += [("EHLO client.test", "ehlo", 250), ("XCLIENT " + " ".join(attrs), "xclient", 220)]
+        steps.append((f"EHLO {helo}", "ehlo", 250))
+        for command, stage, wanted in steps:
+            result.stage = stage
+            reply = self._exchange(smtp, result, command)
+            if reply.code != wanted:
+                self._give_up(smtp, result, reply)
+                return False
+        return True
+
+    def _give_up(self, smtp, result: SendResult, reply: Reply) -> None:
+        result.final = reply
+        try:
+            if reply.code != 421 and reply.code > 0:
+                self._exchange(smtp, result, "QUIT")
+        except (smtplib.SMTPServerDisconnected, OSError):
+            pass
+
+    def _transaction(self, smtp, result, sender, rcpts, message) -> bool:
+        """MAIL, RCPT..., DATA; True if the connection can carry another transaction."""
+        result.stage = "mail"
+        reply = self._exchange(smtp, result, f"MAIL FROM:<{sender}>")
+        if reply.code != 250:
+            result.final = reply
+            return reply.code != 421
+        accepted = 0
+        last = None
+        result.stage = "rcpt"
+        for rcpt in rcpts:
+            last = self._exchange(smtp, result, f"RCPT TO:<{rcpt}>")
+            result.rcpt[rcpt] = last
+            accepted += 200 <= last.code < 300
+            if last.code == 421:
+                result.final = last
+                return False
+        if not accepted:
+            result.final = last if last is not None else Reply(None, -1, "no recipients")
+            return True
+        result.stage = "data"
+        reply = self._exchange(smtp, result, "DATA")
+        if reply.code != 354:
+            result.final = reply
+            return reply.code != 421
+        data = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
+        data = re.sub(rb"(?m)^\.", b"..", data)
+        if not data.endswith(b"\r\n"):
+            data += b"\r\n"
+        result.stage = "end-of-data"
+        smtp.send(data + b".\r\n")
+        code, text = smtp.getreply()
+        result.final = Reply(".", code, text.decode("utf-8", "replace"))
+        result.transcript.append(result.final)
+        return code != 421
+
+
+class PostfixInstance(SmtpSubmitter):
     """One private Postfix: its own config, queue, log, Maildir and loopback smtpd port.
 
     ``milters``: None, one milter spec (``"inet:127.0.0.1:PORT"``, ``"unix:/path"``) or a list.
@@ -697,101 +827,6 @@ class PostfixInstance:
             smtp.does_esmtp = False
             smtp.esmtp_features = {}
             smtp.ehlo(helo or "client.test")
-        return code, text.decode("utf-8", "replace")
-
-    def send(self, sender: str, rcpts: Iterable[str] | str, message: bytes | str, *,
-             client_ip: str | None = "192.0.2.7", helo: str = "mx.example.net",
-             client_name: str = "[UNAVAILABLE]", login: str | None = None,
-             timeout: float = 60.0) -> SendResult:
-        """One SMTP transaction (with XCLIENT unless ``client_ip`` is None); never raises for 4xx/5xx."""
-        if isinstance(rcpts, str):
-            rcpts = [rcpts]
-        if isinstance(message, str):
-            message = message.encode("utf-8")
-        result = SendResult()
-        smtp = smtplib.SMTP(local_hostname="client.test", timeout=timeout)
-        try:
-            self._transaction(smtp, result, sender, list(rcpts), message, client_ip, helo, client_name, login)
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            result.final = Reply(None, -1, f"connection lost at {result.stage}: {exc}")
-            result.transcript.append(result.final)
-        finally:
-            try:
-                smtp.close()
-            except OSError:
-                pass
-        return result
-
-    def _transaction(self, smtp, result, sender, rcpts, message, client_ip, helo, client_name, login):
-        def exchange(command: str, stage: str) -> Reply:
-            result.stage = stage
-            verb, _, args = command.partition(" ")
-            code, text = smtp.docmd(verb, args)
-            reply = Reply(command, code, text.decode("utf-8", "replace"))
-            result.transcript.append(reply)
-            return reply
-
-        def fail(reply: Reply) -> None:
-            result.final = reply
-            try:
-                if reply.code != 421 and reply.code > 0:
-                    exchange("QUIT", result.stage)
-            except (smtplib.SMTPServerDisconnected, OSError):
-                pass
-
-        result.stage = "connect"
-        code, text = smtp.connect("127.0.0.1", self.port)
-        greeting = Reply(None, code, text.decode("utf-8", "replace"))
-        result.transcript.append(greeting)
-        if code != 220:
-            return fail(greeting)
-        if client_ip is not None:
-            reply = exchange("EHLO client.test", "ehlo")
-            if reply.code != 250:
-                return fail(reply)
-            attrs = [f"ADDR={_xtext(client_ip)}", f"NAME={_xtext(client_name)}", f"HELO={_xtext(helo)}"]
-            if login is not None:
-                attrs.append(f"LOGIN={_xtext(login)}")
-            reply = exchange("XCLIENT " + " ".join(attrs), "xclient")
-            if reply.code != 220:
-                return fail(reply)
-        reply = exchange(f"EHLO {helo}", "ehlo")
-        if reply.code != 250:
-            return fail(reply)
-        reply = exchange(f"MAIL FROM:<{sender}>", "mail")
-        if reply.code != 250:
-            return fail(reply)
-        accepted = 0
-        last = None
-        for rcpt in rcpts:
-            last = exchange(f"RCPT TO:<{rcpt}>", "rcpt")
-            result.rcpt[rcpt] = last
-            accepted += 200 <= last.code < 300
-            if last.code == 421:
-                return fail(last)
-        if not accepted:
-            return fail(last if last is not None else Reply(None, -1, "no recipients"))
-        reply = exchange("DATA", "data")
-        if reply.code != 354:
-            return fail(reply)
-        data = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
-        data = re.sub(rb"(?m)^\.", b"..", data)
-        if not data.endswith(b"\r\n"):
-            data += b"\r\n"
-        result.stage = "end-of-data"
-        smtp.send(data + b".\r\n")
-        code, text = smtp.getreply()
-        result.final = Reply(".", code, text.decode("utf-8", "replace"))
-        result.transcript.append(result.final)
-        if code != 421:
-            try:
-                result.transcript.append(Reply("QUIT", *self._docmd(smtp, "QUIT")))
-            except (smtplib.SMTPServerDisconnected, OSError):
-                pass
-
-    @staticmethod
-    def _docmd(smtp, verb):
-        code, text = smtp.docmd(verb)
         return code, text.decode("utf-8", "replace")
 
     # ------------------------------------------------------------------ mail and logs

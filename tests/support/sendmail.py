@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from tests.support.postfix import PostfixInstance, SendResult, free_port, wait_smtp_greeting
+from tests.support.postfix import SendResult, SmtpSubmitter, free_port, wait_smtp_greeting
 
 SENDMAIL_ROOT = Path(os.environ.get("SPFMILTER_SENDMAIL_ROOT", "/opt/spfmilter-sendmail"))
 SENDMAIL_BIN = SENDMAIL_ROOT / "usr/libexec/sendmail/sendmail"
@@ -61,7 +61,7 @@ class SendmailError(RuntimeError):
     pass
 
 
-class SendmailInstance:
+class SendmailInstance(SmtpSubmitter):
     """One private Sendmail daemon under ``base_dir``; see the module docstring."""
 
     def __init__(self, base_dir, milter_mc: str = "", port: int | None = None, extra_mc: str = ""):
@@ -217,11 +217,12 @@ Cw{HOSTNAME}
     def send(self, sender: str, rcpts: Iterable[str] | str, message: bytes | str, *,
              helo: str = "mx.example.net", timeout: float = 60.0) -> SendResult:
         """One SMTP transaction (no XCLIENT: the client is 127.0.0.1); never raises for 4xx/5xx."""
-        # the same transaction code as for Postfix, without XCLIENT
-        return PostfixInstance.send(self, sender, rcpts, message, client_ip=None, helo=helo, timeout=timeout)
+        return self.send_several([(sender, rcpts, message)], helo=helo, timeout=timeout)[0]
 
-    _transaction = PostfixInstance._transaction
-    _docmd = staticmethod(PostfixInstance._docmd)
+    def send_several(self, transactions, *, helo: str = "mx.example.net",
+                     timeout: float = 60.0) -> list[SendResult]:
+        """Several transactions on one connection, RSET between them (see SmtpSubmitter)."""
+        return SmtpSubmitter.send_several(self, transactions, client_ip=None, helo=helo, timeout=timeout)
 
     # ------------------------------------------------------------------ delivered mail
     def mailbox(self, user: str) -> list[email.message.Message]:

@@ -1,11 +1,14 @@
-"""The listener tuning done on libmilter's socket, tested on sockets we own."""
+"""The listener handling done on libmilter's socket, tested on sockets we own."""
 from __future__ import annotations
 
 import os
+import select
 import socket
+import threading
 
-from spfmilter.config import SocketSpec
-from spfmilter.server import find_listener, resolve_workers, tune_listener
+from spfmilter.config import SocketSpec, parse_text
+from spfmilter.server import (Drainer, Sessions, find_listener, make_keep_link, remove_socket_file,
+                              resolve_workers, restore_socket_path, tune_listener)
 
 
 def test_tune_listener_sets_nodelay_and_nonblocking_on_the_inet_listener():
@@ -14,7 +17,9 @@ def test_tune_listener_sets_nodelay_and_nonblocking_on_the_inet_listener():
         other.listen()  # another listener in the process must be left alone
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        tune_listener(SocketSpec("inet", "127.0.0.1", listener.getsockname()[1]))
+        spec = SocketSpec("inet", "127.0.0.1", listener.getsockname()[1])
+        assert find_listener(spec) == listener.fileno()
+        tune_listener(find_listener(spec), spec)
         assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         assert os.get_blocking(listener.fileno()) is False
         assert other.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
@@ -37,7 +42,7 @@ def test_tune_listener_finds_a_unix_listener(tmp_path):
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(path)
         listener.listen()
-        tune_listener(SocketSpec("unix", path))
+        tune_listener(find_listener(SocketSpec("unix", path)), SocketSpec("unix", path))
         assert os.get_blocking(listener.fileno()) is False
 
 
@@ -51,3 +56,85 @@ def test_find_listener_ignores_connected_and_unrelated_sockets(tmp_path):
 def test_resolve_workers():
     assert resolve_workers(3) == 3
     assert 1 <= resolve_workers(0) <= 8
+
+
+def test_stop_accepting_affects_only_this_reference_to_the_listener():
+    """What a draining worker does: the shared listener keeps working for the others."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        other_process = listener.dup()  # stands for the same listener inherited by another worker
+        drainer = Drainer(Sessions(), listener.fileno(), timeout=1)
+        drainer.stop_accepting()
+        assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
+        with socket.create_connection(other_process.getsockname(), timeout=5):
+            ready, _, _ = select.select([listener.fileno()], [], [], 0.2)
+            assert ready == []  # libmilter's poll on the old number never fires again
+            accepted, _ = other_process.accept()
+            accepted.close()
+        other_process.close()
+        drainer.close()
+
+
+def test_drain_waits_for_open_sessions_and_for_late_arrivals():
+    sessions = Sessions()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        drainer = Drainer(sessions, listener.fileno(), timeout=10)
+        sessions.opened()
+        order = []
+
+        def sessions_come_and_go():
+            sessions.opened()  # one that was accepted just before the switch
+            sessions.closed()
+            order.append("first closed")
+            sessions.closed()
+            order.append("second closed")
+
+        timer = threading.Timer(0.3, sessions_come_and_go)
+        timer.start()
+        assert drainer.drain() == 0
+        drainer.close()
+        timer.join()
+        assert order == ["first closed", "second closed"] and sessions.count == 0
+
+
+def test_drain_gives_up_after_its_timeout():
+    sessions = Sessions()
+    sessions.opened()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        drainer = Drainer(sessions, listener.fileno(), timeout=0.2)
+        assert drainer.drain() == 1
+        drainer.close()
+
+
+def test_keep_link_restores_and_cleans_the_unix_socket_path(tmp_path):
+    path = tmp_path / "m.sock"
+    config = parse_text(f"socket = unix:{path}\n", "t.conf")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        keep = make_keep_link(config)
+        assert keep and os.path.samefile(keep, path)
+        os.unlink(path)  # what libmilter does when a worker stops by itself
+        restore_socket_path(config, keep)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))  # the same listener, reachable again
+        remove_socket_file(config, keep)
+        assert not path.exists() and not os.path.exists(keep)
+
+
+def test_remove_socket_file_leaves_a_newer_instances_socket_alone(tmp_path):
+    path = tmp_path / "m.sock"
+    config = parse_text(f"socket = unix:{path}\n", "t.conf")
+    with socket.socket(socket.AF_UNIX) as old:
+        old.bind(str(path))
+        keep = make_keep_link(config)
+        os.unlink(path)
+        with socket.socket(socket.AF_UNIX) as new:
+            new.bind(str(path))
+            remove_socket_file(config, keep)
+            assert path.exists() and not os.path.exists(keep)
