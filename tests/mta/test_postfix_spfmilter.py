@@ -173,6 +173,19 @@ def test_fail_sender(mta):
                                       "rspf": {"helo": "pass", "mailfrom": "fail"}}
 
 
+def test_enforce_refusal_carries_the_domains_explanation(mta):
+    mode, instance, _ = mta
+    if mode != "enforce":
+        pytest.skip("enforce mode")
+    result = instance.send("x@exp.example", ["user@mx.test"], message("x@exp.example"), client_ip=CLIENT_IP, helo=HELO)
+    print(result.transcript_text())
+    reply = result.rcpt["user@mx.test"]
+    assert (reply.code, reply.text.split()[0]) == (550, "5.7.23")
+    # RFC 7208 section 6.2: the exp= text, macros expanded
+    assert "Mail from exp.example must come through our servers, see https://exp.example/spf" in reply.text
+    assert not result.accepted
+
+
 EVERY_RESULT = [("pass", "pass"), ("fail", "fail"), ("softfail", "softfail"), ("neutral", "neutral"),
                 ("none", "none"), ("permerror", "permerror"), ("temperror", "temperror")]
 
