@@ -158,7 +158,7 @@ def test_fail_sender(mta):
     sender = "x@fail.example"
     result = instance.send(sender, ["user@mx.test", "postmaster@mx.test"],
                            message(sender, FORGED.format(sender=sender)), client_ip=CLIENT_IP, helo=HELO)
-    print(result.transcript_text())
+    print(f"\n--- Postfix ({mode}, {milter.addr}), SPF fail sender ---\n{result.transcript_text()}")
     if mode == "header-only":
         assert result.accepted
         delivered = instance.wait_for_delivery("user@mx.test", 1)[-1]
@@ -169,6 +169,7 @@ def test_fail_sender(mta):
         assert result.rcpt["postmaster@mx.test"].code == 250  # RFC 5321 section 4.5.1
         assert result.accepted
         delivered = instance.wait_for_delivery("postmaster@mx.test", 1)[-1]
+    print(f"--- delivered headers ---\n{''.join(f'{k}: {v}' + chr(10) for k, v in delivered.items())}")
     assert our_results(delivered) == {"ar": {"helo": "pass", "mailfrom": "fail"},
                                       "rspf": {"helo": "pass", "mailfrom": "fail"}}
 
