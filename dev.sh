@@ -84,6 +84,32 @@ install_sendmail() {
     fi
 }
 
+# PostSRSd 1.x for the SRS interoperability tests (tests/interop/).  The postsrsd package
+# would create a user and start a system-wide daemon, so its files are only unpacked into
+# $POSTSRSD_ROOT, where the tests run private instances on loopback.  It needs only libc.
+POSTSRSD_ROOT=${SPFMILTER_POSTSRSD_ROOT:-/opt/spfmilter-postsrsd}
+
+install_postsrsd() {
+    [ -x "$POSTSRSD_ROOT/usr/sbin/postsrsd" ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        log "PostSRSd for the interoperability tests is not unpacked in $POSTSRSD_ROOT (run as root to get it); those tests will be skipped"
+        return 0
+    fi
+    log "unpacking postsrsd into $POSTSRSD_ROOT (not installed as a package)"
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download -q postsrsd >/dev/null 2>&1); then
+        apt-get update -q >/dev/null
+        (cd "$tmp" && apt-get download -q postsrsd >/dev/null 2>&1) \
+            || { rm -rf "$tmp"; log "could not download postsrsd"; exit 1; }
+    fi
+    mkdir -p "$tmp/root"
+    dpkg-deb -x "$tmp"/postsrsd_*.deb "$tmp/root"
+    rm -rf "$POSTSRSD_ROOT"
+    mkdir -p "$(dirname "$POSTSRSD_ROOT")"
+    mv "$tmp/root" "$POSTSRSD_ROOT"
+    rm -rf "$tmp"
+}
+
 pick_python() {
     for candidate in python3 /usr/bin/python3; do
         if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import venv, sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
@@ -115,11 +141,13 @@ case "$command" in
     install)
         install_packages
         install_sendmail
+        install_postsrsd
         install_venv
         ;;
     test)
         install_packages
         install_sendmail
+        install_postsrsd
         install_venv
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

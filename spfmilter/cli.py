@@ -78,11 +78,65 @@ def _parser() -> argparse.ArgumentParser:
                        help="SASL login name, as {auth_authen} would carry")
     check.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
                        help="configuration file (same default as above)")
+    srs = commands.add_parser(
+        "srs", help="SRS addresses and secrets by hand",
+        description="Rewrite or reverse an address with the configured SRS domain and secrets, or "
+                    "create a secrets file.")
+    srs_commands = srs.add_subparsers(dest="srs_command", metavar="ACTION", required=True)
+    genkey = srs_commands.add_parser("genkey", help="create a secrets file with a new random secret",
+                                     description="Create FILE (mode 0600) with one new random secret. "
+                                                 "With --rotate, put a new secret in front of the "
+                                                 "existing ones: it signs from now on, the old ones "
+                                                 "still verify until you remove them.")
+    genkey.add_argument("file", metavar="FILE")
+    genkey.add_argument("--rotate", action="store_true", help="add a new secret in front of the existing ones")
+    for name, text in (("forward", "print the SRS address for ADDRESS"),
+                       ("reverse", "print the address an SRS address stands for, or why it is refused")):
+        action = srs_commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        action.add_argument("address", metavar="ADDRESS")
+        action.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
+                            help="configuration file (same default as above)")
     return parser
+
+
+def srs_command(args, config: Optional[Config]) -> int:
+    import time
+
+    from .srs import SecretsError, SrsError, forward, reverse, split_address, write_secrets_file
+    from .srspolicy import build_srs_policy
+
+    if args.srs_command == "genkey":
+        try:
+            write_secrets_file(args.file, rotate=args.rotate)
+        except (SecretsError, OSError) as exc:
+            print(f"spfmilter: {exc}", file=sys.stderr)
+            return 1
+        print(f"{'added a new secret in front of' if args.rotate else 'wrote a new secret to'} {args.file}")
+        return 0
+    if not config.srs:
+        print(f"spfmilter: srs_domain is not set in {config.source}", file=sys.stderr)
+        return 2
+    try:
+        policy = build_srs_policy(config)
+    except (SecretsError, OSError) as exc:
+        print(f"spfmilter: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.srs_command == "forward":
+            split_address(args.address)
+            print(forward(args.address, policy.domain, policy.keys, time.time()))
+        else:
+            print(reverse(args.address, policy.keys, time.time()))
+    except SrsError as exc:
+        print(f"spfmilter: {exc.reason}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "srs" and args.srs_command == "genkey":
+        return srs_command(args, None)
     path = getattr(args, "check_config_file", None) or args.config
     try:
         config = _load_config(path)
@@ -90,8 +144,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for problem in exc.problems:
             print(f"spfmilter: {problem}", file=sys.stderr)
         return 2
+    if args.command == "srs":
+        return srs_command(args, config)
     if args.check_config:
+        from .srs import SecretsError
+        from .srspolicy import build_srs_policy
+
+        try:
+            policy = build_srs_policy(config)
+        except (SecretsError, OSError) as exc:
+            print(f"spfmilter: {exc}", file=sys.stderr)
+            return 2
         print(f"# {config.source}: configuration OK")
+        if policy is not None:
+            print(f"# SRS: {len(policy.keys.secrets)} secret(s), {len(policy.forwarded)} forwarded "
+                  f"address pattern(s) in srs_forward_table")
         for line in describe(config):
             print(line)
         return 0

@@ -107,11 +107,26 @@ class Config:
     log_destination: LogDestination = LogDestination.STDERR
     log_level: str = "info"
     syslog_facility: str = "mail"
+    srs_domain: str = ""
+    srs_secrets_file: str = "/etc/spfmilter/srs-secrets"
+    srs_hash_length: int = 4
+    srs_hash_min_length: int = 4
+    srs_max_age: int = 21
+    srs_separator: str = "="
+    local_domains: frozenset = frozenset()
+    srs_forward_table: str = ""
+    srs_exclude_domains: frozenset = frozenset()
+    srs_rewrite_trusted: bool = False
     source: str = field(default="<built-in defaults>", compare=False)
 
     @property
     def enforce(self) -> bool:
         return self.mode is Mode.ENFORCE
+
+    @property
+    def srs(self) -> bool:
+        """SRS is on when an SRS domain is configured."""
+        return bool(self.srs_domain)
 
     @property
     def receiver(self) -> str:
@@ -324,6 +339,40 @@ def parse_facility(text: str) -> str:
     return value
 
 
+def parse_optional_hostname(text: str) -> str:
+    value = text.strip().lower().rstrip(".")
+    if value and not is_hostname(value):
+        raise ValueError("expected a domain name such as srs.example.com, or nothing")
+    return value
+
+
+def parse_domains(text: str) -> frozenset:
+    domains = set()
+    for item in _split_list(text.lower()):
+        item = item.rstrip(".")
+        if not is_hostname(item):
+            raise ValueError(f"bad domain {item!r}")
+        domains.add(item)
+    return frozenset(domains)
+
+
+def _int_parser(low: int, high: int, unit: str = "") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = text.strip()
+        if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}{unit}")
+        return int(value)
+
+    return parse
+
+
+def parse_separator(text: str) -> str:
+    value = text.strip()
+    if value not in ("=", "+", "-"):
+        raise ValueError("expected =, + or -")
+    return value
+
+
 # --------------------------------------------------------------------------- the key table
 
 @dataclass(frozen=True)
@@ -382,6 +431,26 @@ KEYS: tuple[Key, ...] = (
         "`stderr` or `syslog` (via /dev/log)."),
     Key("log_level", parse_log_level, "info", "`debug`, `info`, `warning` or `error`."),
     Key("syslog_facility", parse_facility, "mail", "Syslog facility when log_destination = syslog."),
+    Key("srs_domain", parse_optional_hostname, "",
+        "Domain of our SRS addresses; setting it turns SRS on. The MTA must accept any address in it "
+        "(see README, SRS)."),
+    Key("srs_secrets_file", parse_path, "/etc/spfmilter/srs-secrets",
+        "SRS secrets, one per line: the first signs, all verify. Must not be readable by others; "
+        "create it with `spfmilter srs genkey FILE`."),
+    Key("srs_hash_length", _int_parser(4, 27), "4", "Characters of signature in the SRS addresses we write."),
+    Key("srs_hash_min_length", _int_parser(1, 27), "4",
+        "Shortest signature accepted when an SRS address comes back (at most srs_hash_length)."),
+    Key("srs_max_age", _int_parser(1, 1000, " days"), "21", "Days an SRS address stays valid for bounces."),
+    Key("srs_separator", parse_separator, "=", "Character after `SRS0`/`SRS1` in the addresses we write: `=`, `+` or `-`."),
+    Key("local_domains", parse_domains, "",
+        "Domains delivered on this host: senders in them are never rewritten, recipients outside them "
+        "count as forwarded."),
+    Key("srs_forward_table", parse_path, "",
+        "A file in Postfix virtual(5) source format; recipients listed there with a target outside "
+        "local_domains count as forwarded (e.g. /etc/postfix/virtual)."),
+    Key("srs_exclude_domains", parse_domains, "", "Sender domains never rewritten."),
+    Key("srs_rewrite_trusted", parse_bool, "no",
+        "Also rewrite the sender of mail from trusted networks and SASL-authenticated clients."),
 )
 
 KEYS_BY_NAME = {key.name: key for key in KEYS}
@@ -424,7 +493,21 @@ def parse_text(text: str, source: str = "<string>", *, authserv_id_default: str 
             problems.append(f"{where}: bad value for '{name}': {_shorten(value.strip())!r}: {exc}")
     if problems:
         raise ConfigError(problems)
-    return build(values, source, authserv_id_default=authserv_id_default)
+    config = build(values, source, authserv_id_default=authserv_id_default)
+    problems = cross_check(config)
+    if problems:
+        raise ConfigError([f"{source}: {problem}" for problem in problems])
+    return config
+
+
+def cross_check(config: Config) -> list[str]:
+    """Problems that involve several keys."""
+    problems = []
+    if config.srs_hash_min_length > config.srs_hash_length:
+        problems.append("srs_hash_min_length cannot be more than srs_hash_length")
+    if config.srs and config.srs_domain in config.srs_exclude_domains:
+        problems.append("srs_domain cannot be in srs_exclude_domains")
+    return problems
 
 
 def build(values: dict[str, object], source: str = "<built-in defaults>", *,

@@ -179,14 +179,21 @@ def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [action for action in parser._actions if action.option_strings]
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
+def _subparsers(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """Every command, nested ones as "srs genkey"; a command with sub-commands is listed through them."""
     found = []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
             for name, sub in action.choices.items():
-                found.append((name, helps.get(name, ""), sub))
+                nested = _subparsers(sub, f"{prefix}{name} ")
+                found += nested or [(prefix + name, helps.get(name, ""), sub)]
     return found
+
+
+def _positionals(parser: argparse.ArgumentParser) -> list[str]:
+    return [italic(action.metavar or action.dest.upper()) for action in parser._actions
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction)]
 
 
 def _synopsis_line(words: list[str], items: list[str]) -> list[str]:
@@ -235,7 +242,7 @@ def render_spfmilter8() -> str:
     out += _synopsis_line([bold(prog)], [_usage_item(action) for action in top])
     for name, _help, sub in _subparsers(parser):
         items = [_usage_item(action) for action in _options(sub) if action.dest != "help"]
-        out += _synopsis_line([bold(prog), bold(name)], items)
+        out += _synopsis_line([bold(prog), bold(name)], items + _positionals(sub))
 
     out += [".SH DESCRIPTION"]
     out += _para(

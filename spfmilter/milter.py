@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
@@ -29,6 +30,9 @@ from . import headers as hdr
 from .config import Config, ErrorAction
 from .dns import DnsClient
 from .policy import Action, Evaluation, Facts, evaluate, rcpt_reply
+from .srs import SrsError
+from .srs import forward as srs_forward
+from .srspolicy import Kind, SrsPolicy, rcpt_srs
 from .text import clean
 from .verify import Verifier, normalise_ip, parse_envelope_address
 
@@ -47,21 +51,23 @@ SKIPPED_ON_UNIX = Milter.P_NODATA | Milter.P_NOEOH
 # Stages whose reply the MTA need not wait for: on unix sockets only, for the same reason.
 NO_REPLY_STAGES = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_HDR
 ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS
+SRS_ACTIONS = Milter.CHGFROM | Milter.ADDRCPT | Milter.DELRCPT
 
 
 @dataclass(frozen=True)
 class Service:
-    """What every connection shares: the config and the DNS client."""
+    """What every connection shares: the config, the DNS client and the SRS policy (or None)."""
 
     config: Config
     dns: DnsClient
+    srs: Optional[SrsPolicy] = None
 
 
-def make_service(config: Config) -> Service:
-    """The per-worker shared parts: config and a DNS client with its cache."""
+def make_service(config: Config, srs: Optional[SrsPolicy] = None) -> Service:
+    """The per-worker shared parts: config, a DNS client with its cache, the SRS policy."""
     from .dns import make_resolver
 
-    return Service(config, DnsClient(make_resolver(config.dns_servers), config.dns_cache_size))
+    return Service(config, DnsClient(make_resolver(config.dns_servers), config.dns_cache_size), srs)
 
 
 @dataclass
@@ -72,6 +78,8 @@ class _Transaction:
     forged: list = field(default_factory=list)  # (header name, per-name index)
     header_counts: dict = field(default_factory=dict)
     logged: bool = False
+    srs_kind: Optional[Kind] = None  # fixed by the first accepted recipient
+    reversed: list = field(default_factory=list)  # (SRS recipient as given, original address)
 
     @property
     def facts(self) -> Facts:
@@ -80,6 +88,11 @@ class _Transaction:
     @property
     def checked(self) -> bool:
         return self.evaluation.outcomes is not None
+
+
+def hdr_value(text: str) -> str:
+    """Untrusted text for a log line: printable, bounded."""
+    return clean(text, 256)
 
 
 def _guarded(stage: str, replies: bool):
@@ -129,12 +142,12 @@ class SpfMilter(Milter.Base):
         """Skip the stages we never look at and mark the ones that need no reply."""
         try:
             offered_actions, offered_protocol, _, _ = opts
-            self._actions = offered_actions & ACTIONS
+            self._actions = offered_actions & (ACTIONS | (SRS_ACTIONS if self.service.srs else 0))
             wanted = SKIPPED_STAGES
             if self.config.socket.family == "unix":
                 wanted |= SKIPPED_ON_UNIX | NO_REPLY_STAGES
-                if not self.config.enforce:
-                    wanted |= Milter.P_NORCPT  # header-only mode never answers a recipient
+                if not self.config.enforce and not self.service.srs:
+                    wanted |= Milter.P_NORCPT  # header-only mode without SRS never answers a recipient
             wanted &= offered_protocol
             self._protocol = wanted
             opts[0] = self._actions
@@ -195,11 +208,24 @@ class SpfMilter(Milter.Base):
             return Milter.CONTINUE
         reply = rcpt_reply(tx.evaluation, recipient, self.config)
         if not reply.refuses:
-            return Milter.CONTINUE
+            return self._rcpt_srs(tx, recipient) if self.service.srs else Milter.CONTINUE
         self.setreply(reply.code, reply.xcode, reply.text)
         if not tx.logged:
             self._log_outcomes(tx, reply.action.value, reply.reply)
         return Milter.REJECT if reply.action is Action.REJECT else Milter.TEMPFAIL
+
+    def _rcpt_srs(self, tx: _Transaction, recipient: str):
+        trusted = tx.evaluation.skip_reason is not None
+        verdict = rcpt_srs(self.service.srs, tx.facts.sender, trusted, recipient, tx.srs_kind, time.time())
+        if verdict.refuses:
+            self.setreply(str(verdict.code), verdict.xcode, verdict.text)
+            log.info("srs=refused; reason=%s; rcpt=%s; envelope-from=%s; %s", verdict.reason,
+                     hdr_value(recipient), hdr_value(tx.facts.sender), self._ident())
+            return Milter.REJECT if verdict.code >= 500 else Milter.TEMPFAIL
+        tx.srs_kind = verdict.kind
+        if verdict.original:
+            tx.reversed.append((recipient, verdict.original))
+        return Milter.CONTINUE
 
     @Milter.noreply
     @_guarded("header", replies=False)
@@ -220,6 +246,8 @@ class SpfMilter(Milter.Base):
         self._update_queue_id()
         if tx is None:
             return Milter.CONTINUE
+        if self.service.srs:
+            self._apply_srs(tx)
         if not tx.checked:
             self._end_transaction("accept")
             return Milter.CONTINUE
@@ -253,6 +281,26 @@ class SpfMilter(Milter.Base):
         return Milter.CONTINUE
 
     # ------------------------------------------------------------------ helpers
+
+    def _apply_srs(self, tx: _Transaction) -> None:
+        """At end of message: reversed SRS recipients replaced, forwarded mail's sender rewritten."""
+        srs = self.service.srs
+        for given, original in tx.reversed:
+            self.delrcpt(given)
+            self.addrcpt(f"<{original}>")
+            log.info("srs=reverse; rcpt=%s; to=%s%s", hdr_value(given), hdr_value(original), self._queue_suffix())
+        if tx.srs_kind is not Kind.FORWARD:
+            return
+        sender = tx.facts.sender
+        try:
+            rewritten = srs_forward(sender, srs.domain, srs.keys, time.time())
+        except SrsError as exc:
+            log.warning("srs=not-rewritten; envelope-from=%s; %s%s", hdr_value(sender), hdr_value(str(exc)),
+                        self._queue_suffix())
+            return
+        if rewritten != sender:
+            self.chgfrom(f"<{rewritten}>")
+            log.info("srs=forward; envelope-from=%s; to=%s%s", hdr_value(sender), rewritten, self._queue_suffix())
 
     def _error_reply(self):
         if self.config.on_error is ErrorAction.ACCEPT:

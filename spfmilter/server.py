@@ -30,6 +30,8 @@ import milter
 
 from . import __version__
 from .config import Config, ConfigError, SocketSpec, load
+from .srs import SecretsError
+from .srspolicy import build_srs_policy
 
 # The supervisor process imports only this, the config and pymilter; the SPF machinery
 # (pyspf, dnspython, authres: ~15 MB) is imported in the workers, after the fork.
@@ -97,7 +99,8 @@ def register(factory: Callable[[], "Milter.Base"], sessions: Sessions) -> None:
             instance._setctx(None)
             sessions.closed()
 
-    milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.SETSYMLIST)
+    milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.SETSYMLIST
+                     | Milter.CHGFROM | Milter.ADDRCPT | Milter.DELRCPT)
     milter.set_connect_callback(connect)
     milter.set_helo_callback(lambda ctx, name: ctx.getpriv().hello(name))
     milter.set_envfrom_callback(lambda ctx, *args: ctx.getpriv().envfrom_bytes(*args))
@@ -250,6 +253,8 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
         return 1
     tune_listener(listener, config.socket)
     try:
+        # read while surely readable (before the switch to ``user``); the workers inherit it
+        srs_policy = build_srs_policy(config)
         prepare_socket_file(config)
         keep_link = make_keep_link(config)
         write_pid_file(config.pid_file)
@@ -259,14 +264,14 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
             # its user and the supervisor stays small, importing nothing more.
             from . import milter as _preload  # noqa: F401
         drop_privileges(config.user, config.group)
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, SecretsError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     log.info("spfmilter %s listening on %s (mode=%s, header_type=%s, authserv_id=%s, workers=%d)",
              __version__, config.socket, config.mode.value, config.header_type.value,
              config.authserv_id, resolve_workers(config.workers))
     try:
-        return Supervisor(config, listener, keep_link, drain_timeout).run()
+        return Supervisor(config, listener, keep_link, drain_timeout, srs_policy).run()
     finally:
         remove_socket_file(config, keep_link)
         remove_pid_file(config.pid_file)
@@ -397,7 +402,8 @@ class Drainer:
         return 0
 
 
-def run_worker(config: Config, listener: int, drain_timeout: float, keep_link: Optional[str] = None) -> int:
+def run_worker(config: Config, listener: int, drain_timeout: float, keep_link: Optional[str] = None,
+               srs_policy=None) -> int:
     """One worker: libmilter's loop with ``config`` until DRAIN_SIGNAL (see Drainer).
 
     If libmilter stops by itself (a SIGTERM sent to the worker directly, or a fatal
@@ -406,7 +412,7 @@ def run_worker(config: Config, listener: int, drain_timeout: float, keep_link: O
     """
     from .milter import SpfMilter, make_service
 
-    service = make_service(config)
+    service = make_service(config, srs_policy)
     sessions = Sessions()
     register(lambda: SpfMilter(service), sessions)
     Drainer(sessions, listener, drain_timeout).start()
@@ -451,8 +457,9 @@ class Supervisor:
     """
 
     def __init__(self, config: Config, listener: int, keep_link: Optional[str] = None,
-                 drain_timeout: float = DRAIN_TIMEOUT):
+                 drain_timeout: float = DRAIN_TIMEOUT, srs_policy=None):
         self.config = config
+        self.srs_policy = srs_policy
         self.listener = listener
         self.keep_link = keep_link
         self.drain_timeout = drain_timeout
@@ -473,7 +480,7 @@ class Supervisor:
                 os.setpgid(0, 0)
                 _die_with_parent(parent)
                 log.info("worker %d started (pid %d)", slot, os.getpid())
-                code = run_worker(config, self.listener, self.drain_timeout, self.keep_link)
+                code = run_worker(config, self.listener, self.drain_timeout, self.keep_link, self.srs_policy)
             except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor's code
                 log.exception("worker %d failed", slot)
             finally:
@@ -493,6 +500,11 @@ class Supervisor:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
             return
+        try:
+            srs_policy = build_srs_policy(new)
+        except (SecretsError, OSError) as exc:
+            log.error("reload refused: %s", exc)
+            return
         fixed = ("socket", "user", "group", "socket_mode", "socket_group", "pid_file", "log_destination",
                  "syslog_facility")
         changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
@@ -500,6 +512,7 @@ class Supervisor:
             log.warning("reload: %s cannot change without a restart; keeping the old value(s)", ", ".join(changed))
             new = replace_fields(new, self.config, changed)
         self.config = new
+        self.srs_policy = srs_policy
         logging.getLogger("spfmilter").setLevel(new.log_level.upper())
         old = list(self.children)
         self.retiring.update(old)

@@ -65,6 +65,16 @@ EXPECTED_DEFAULTS = {
     "log_destination": LogDestination.STDERR,
     "log_level": "info",
     "syslog_facility": "mail",
+    "srs_domain": "",
+    "srs_secrets_file": "/etc/spfmilter/srs-secrets",
+    "srs_hash_length": 4,
+    "srs_hash_min_length": 4,
+    "srs_max_age": 21,
+    "srs_separator": "=",
+    "local_domains": frozenset(),
+    "srs_forward_table": "",
+    "srs_exclude_domains": frozenset(),
+    "srs_rewrite_trusted": False,
 }
 
 
@@ -161,6 +171,18 @@ GOOD_VALUES = [
     ("syslog_facility", "local7", "local7"),
     ("syslog_facility", "daemon", "daemon"),
     ("syslog_facility", "USER", "user"),
+    ("srs_domain", "SRS.Example.COM.", "srs.example.com"),
+    ("srs_domain", "", ""),
+    ("srs_secrets_file", "/etc/spfmilter/srs-secrets", "/etc/spfmilter/srs-secrets"),
+    ("srs_hash_length", "6", 6),
+    ("srs_hash_min_length", "3", 3),
+    ("srs_max_age", "30", 30),
+    ("srs_separator", "+", "+"),
+    ("local_domains", "Example.com, example.NET.", frozenset({"example.com", "example.net"})),
+    ("local_domains", "", frozenset()),
+    ("srs_forward_table", "/etc/postfix/virtual", "/etc/postfix/virtual"),
+    ("srs_exclude_domains", "partner.example", frozenset({"partner.example"})),
+    ("srs_rewrite_trusted", "yes", True),
 ]
 
 
@@ -232,6 +254,17 @@ BAD_VALUES = [
     ("log_level", "verbose", "expected debug, info, warning or error"),
     ("syslog_facility", "local8", "expected one of: mail, daemon, user, local0"),
     ("syslog_facility", "kern", "expected one of: mail"),
+    ("srs_domain", "not a domain", "expected a domain name"),
+    ("srs_secrets_file", "srs-secrets", "expected an absolute path"),
+    ("srs_hash_length", "3", "expected a whole number from 4 to 27"),
+    ("srs_hash_length", "28", "expected a whole number from 4 to 27"),
+    ("srs_hash_min_length", "0", "expected a whole number from 1 to 27"),
+    ("srs_max_age", "0", "expected a whole number from 1 to 1000 days"),
+    ("srs_separator", "/", "expected =, + or -"),
+    ("local_domains", "exa mple..com", "bad domain"),
+    ("srs_forward_table", "virtual", "expected an absolute path"),
+    ("srs_exclude_domains", "-x-", "bad domain"),
+    ("srs_rewrite_trusted", "maybe", "expected yes or no"),
 ]
 
 
@@ -553,3 +586,11 @@ def test_load_reads_file_and_names_it_in_problems(tmp_path):
         load(str(path))
     [problem] = info.value.problems
     assert problem.startswith(f"{path}:2: bad value for 'mode': 'loud': ")
+
+
+def test_cross_checks_name_the_keys():
+    with pytest.raises(ConfigError) as info:
+        parse_text("srs_hash_length = 4\nsrs_hash_min_length = 5\n", "x.conf")
+    assert info.value.problems == ["x.conf: srs_hash_min_length cannot be more than srs_hash_length"]
+    with pytest.raises(ConfigError, match="srs_domain cannot be in srs_exclude_domains"):
+        parse_text("srs_domain = a.example\nsrs_exclude_domains = a.example\n", "x.conf")
