@@ -1,0 +1,74 @@
+"""`spfmilter srs ...` and --check-config with SRS, run in-process through cli.main."""
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import pytest
+
+from spfmilter.cli import main
+from spfmilter.srs import SrsKeys, forward, load_secrets
+
+
+@pytest.fixture
+def setup(tmp_path):
+    secrets = tmp_path / "srs-secrets"
+    assert main(["srs", "genkey", str(secrets)]) == 0
+    conf = tmp_path / "spfmilter.conf"
+    conf.write_text(f"srs_domain = srs.example.net\nsrs_secrets_file = {secrets}\nlocal_domains = example.net\n")
+    return conf, secrets
+
+
+def test_genkey_refuses_to_overwrite_and_rotates(setup, capsys):
+    _, secrets = setup
+    assert stat.S_IMODE(os.stat(secrets).st_mode) == 0o600
+    assert main(["srs", "genkey", str(secrets)]) == 1
+    assert "exists; use --rotate" in capsys.readouterr().err
+    old = load_secrets(str(secrets))
+    assert main(["srs", "genkey", "--rotate", str(secrets)]) == 0
+    assert load_secrets(str(secrets))[1:] == old
+
+
+def test_forward_and_reverse(setup, capsys):
+    conf, secrets = setup
+    capsys.readouterr()
+    assert main(["srs", "forward", "alice@example.com", "-c", str(conf)]) == 0
+    srs = capsys.readouterr().out.strip()
+    keys = SrsKeys(load_secrets(str(secrets)))
+    assert srs == forward("alice@example.com", "srs.example.net", keys, time.time())
+    assert main(["srs", "reverse", srs, "-c", str(conf)]) == 0
+    assert capsys.readouterr().out.strip() == "alice@example.com"
+
+
+@pytest.mark.parametrize("address,message", [
+    ("SRS0=AAAA=AA=example.com=bob@srs.example.net", "bad-hash: SRS signature does not match"),
+    ("bob@srs.example.net", "not-srs"),
+    ("SRS0=AAAA@srs.example.net", "malformed"),
+])
+def test_reverse_refusals_exit_1_with_the_reason(setup, capsys, address, message):
+    conf, _ = setup
+    assert main(["srs", "reverse", address, "-c", str(conf)]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_forward_of_an_unusable_address(setup, capsys):
+    conf, _ = setup
+    assert main(["srs", "forward", "not an address", "-c", str(conf)]) == 1
+    assert "malformed" in capsys.readouterr().err
+
+
+def test_without_srs_domain(tmp_path, capsys):
+    conf = tmp_path / "plain.conf"
+    conf.write_text("mode = header-only\n")
+    assert main(["srs", "forward", "a@example.com", "-c", str(conf)]) == 2
+    assert "srs_domain is not set" in capsys.readouterr().err
+
+
+def test_check_config_reports_srs(setup, capsys):
+    conf, secrets = setup
+    assert main(["--check-config", "-c", str(conf)]) == 0
+    assert "# SRS: 1 secret(s), 0 forwarded address pattern(s)" in capsys.readouterr().out
+    os.chmod(secrets, 0o644)
+    assert main(["--check-config", "-c", str(conf)]) == 2
+    assert "accessible by others" in capsys.readouterr().err

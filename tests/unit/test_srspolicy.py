@@ -1,0 +1,123 @@
+"""SRS decisions per recipient (spfmilter.srspolicy): tables."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from spfmilter.config import parse_text
+from spfmilter.srs import SecretsError, SrsKeys, forward
+from spfmilter.srspolicy import Kind, SrsPolicy, bare_address, build_srs_policy, parse_forward_table, rcpt_srs
+
+NOW = 1_795_000_000.0
+KEYS = SrsKeys((b"policy-secret-0123456789",))
+TABLE = """
+# comment
+fwd@mx.test         someone@remote.example
+both@mx.test        local@mx.test, away@remote.example
+list@mx.test        a@mx.test,
+                    b@MX.test
+@alias.test         catch@remote.example
+localonly@mx.test   bob
+nodomain            someone@remote.example
+/^re(.*)$/          x@remote.example
+srsback@mx.test     x@srs.mx.test
+"""
+POLICY = SrsPolicy("srs.mx.test", KEYS, frozenset({"mx.test", "alias.test"}), frozenset({"partner.example"}),
+                   parse_forward_table(TABLE, frozenset({"mx.test", "alias.test"}), "srs.mx.test"))
+
+
+def test_forward_table_parsing():
+    assert parse_forward_table(TABLE, frozenset({"mx.test", "alias.test"}), "srs.mx.test") == {
+        "fwd@mx.test", "both@mx.test", "@alias.test"}
+
+
+@pytest.mark.parametrize("recipient,forwarded", [
+    ("fwd@mx.test", True), ("FWD@MX.TEST", True), ("both@mx.test", True), ("list@mx.test", False),
+    ("anyone@alias.test", True), ("user@mx.test", False), ("someone@remote.example", True),
+    ("user@mx.test.", False),
+])
+def test_is_forwarded(recipient, forwarded):
+    assert POLICY.is_forwarded(recipient) is forwarded
+
+
+@pytest.mark.parametrize("sender,trusted,rewritable", [
+    ("alice@example.com", False, True), ("", False, False), ("alice@example.com", True, False),
+    ("bob@mx.test", False, False), ("bob@MX.TEST", False, False), ("x@srs.mx.test", False, False),
+    ("p@partner.example", False, False), ("postmaster", False, False),
+])
+def test_sender_rewritable(sender, trusted, rewritable):
+    assert POLICY.sender_rewritable(sender, trusted) is rewritable
+
+
+def test_trusted_senders_are_rewritten_when_configured():
+    policy = SrsPolicy("srs.mx.test", KEYS, frozenset({"mx.test"}), rewrite_trusted=True)
+    assert policy.sender_rewritable("alice@example.com", True)
+
+
+@pytest.mark.parametrize("sender,recipient,kind_so_far,expected", [
+    ("alice@example.com", "<fwd@mx.test>", None, Kind.FORWARD),
+    ("alice@example.com", "<user@mx.test>", None, Kind.PLAIN),
+    ("alice@example.com", "<fwd@mx.test>", Kind.FORWARD, Kind.FORWARD),
+    ("", "<fwd@mx.test>", None, Kind.PLAIN),
+    ("alice@example.com", "<postmaster>", None, Kind.PLAIN),  # no domain: local
+])
+def test_kinds(sender, recipient, kind_so_far, expected):
+    verdict = rcpt_srs(POLICY, sender, False, recipient, kind_so_far, NOW)
+    assert not verdict.refuses and verdict.kind is expected
+
+
+@pytest.mark.parametrize("recipient,kind_so_far", [("<user@mx.test>", Kind.FORWARD), ("<fwd@mx.test>", Kind.PLAIN)])
+def test_mixed_recipients_get_452_4_5_3(recipient, kind_so_far):
+    verdict = rcpt_srs(POLICY, "alice@example.com", False, recipient, kind_so_far, NOW)
+    assert (verdict.code, verdict.xcode, verdict.reason) == (452, "4.5.3", "mixed")
+
+
+def test_reverse_and_refusals():
+    good = forward("alice@example.com", "srs.mx.test", KEYS, NOW)
+    verdict = rcpt_srs(POLICY, "", False, f"<{good}>", None, NOW)
+    assert verdict.original == "alice@example.com" and verdict.kind is Kind.PLAIN
+    upper_domain = good.replace("srs.mx.test", "SRS.MX.TEST")
+    assert rcpt_srs(POLICY, "", False, upper_domain, None, NOW).original == "alice@example.com"
+    expired = rcpt_srs(POLICY, "", False, f"<{good}>", None, NOW + 40 * 86400)
+    assert (expired.code, expired.xcode, expired.reason) == (550, "5.1.1", "expired")
+    assert expired.text == "Invalid SRS address: it has expired"
+    forged = rcpt_srs(POLICY, "", False, "<SRS0=AAAA=AA=example.com=bob@srs.mx.test>", None, NOW)
+    assert (forged.code, forged.reason) == (550, "bad-hash")
+    # someone else's SRS address, and a plain address in the SRS domain, are not ours to judge
+    other = rcpt_srs(POLICY, "", False, "<SRS0=AAAA=AA=example.com=bob@other.example>", None, NOW)
+    assert not other.refuses and other.original == ""
+    plain = rcpt_srs(POLICY, "", False, "<postmaster@srs.mx.test>", None, NOW)
+    assert not plain.refuses and plain.original == ""
+
+
+def test_a_reversed_bounce_in_a_forwarding_transaction_is_retried():
+    good = forward("alice@example.com", "srs.mx.test", KEYS, NOW)
+    verdict = rcpt_srs(POLICY, "carol@example.com", False, f"<{good}>", Kind.FORWARD, NOW)
+    assert verdict.code == 452
+
+
+@pytest.mark.parametrize("raw,bare", [("<a@b>", "a@b"), (" <a@b> ", "a@b"), ("a@b", "a@b"), ("<>", "")])
+def test_bare_address(raw, bare):
+    assert bare_address(raw) == bare
+
+
+def test_build_srs_policy_from_config(tmp_path):
+    secrets = tmp_path / "secrets"
+    secrets.write_text("build-secret-0123456789\n")
+    os.chmod(secrets, 0o600)
+    table = tmp_path / "virtual"
+    table.write_text("fwd@mx.test someone@remote.example\n")
+    config = parse_text(f"srs_domain = srs.mx.test\nsrs_secrets_file = {secrets}\nlocal_domains = mx.test\n"
+                        f"srs_forward_table = {table}\nsrs_hash_length = 6\nsrs_max_age = 5\n", "t.conf")
+    policy = build_srs_policy(config)
+    assert policy.domain == "srs.mx.test" and policy.forwarded == {"fwd@mx.test"}
+    assert (policy.keys.secrets, policy.keys.hash_length, policy.keys.max_age_days) == (
+        (b"build-secret-0123456789",), 6, 5)
+    assert build_srs_policy(parse_text("", "t.conf")) is None
+    table.unlink()
+    with pytest.raises(OSError, match="cannot read srs_forward_table"):
+        build_srs_policy(config)
+    os.chmod(secrets, 0o604)
+    with pytest.raises(SecretsError):
+        build_srs_policy(config)
