@@ -135,6 +135,7 @@ class SpfMilter(Milter.Base):
         self._verifier = Verifier(service.dns, self.config.receiver, self.config.dns_timeout)
         self._tx: Optional[_Transaction] = None
         self._queue_id: Optional[str] = None
+        self._srs: Optional[SrsPolicy] = service.srs  # None if off, or if the MTA forbids the changes
 
     # ------------------------------------------------------------------ negotiation
 
@@ -142,11 +143,15 @@ class SpfMilter(Milter.Base):
         """Skip the stages we never look at and mark the ones that need no reply."""
         try:
             offered_actions, offered_protocol, _, _ = opts
-            self._actions = offered_actions & (ACTIONS | (SRS_ACTIONS if self.service.srs else 0))
+            if self._srs is not None and offered_actions & SRS_ACTIONS != SRS_ACTIONS:
+                log.warning("the MTA does not let milters change senders and recipients; "
+                            "SRS is off for this connection")
+                self._srs = None
+            self._actions = offered_actions & (ACTIONS | (SRS_ACTIONS if self._srs else 0))
             wanted = SKIPPED_STAGES
             if self.config.socket.family == "unix":
                 wanted |= SKIPPED_ON_UNIX | NO_REPLY_STAGES
-                if not self.config.enforce and not self.service.srs:
+                if not self.config.enforce and not self._srs:
                     wanted |= Milter.P_NORCPT  # header-only mode without SRS never answers a recipient
             wanted &= offered_protocol
             self._protocol = wanted
@@ -208,7 +213,7 @@ class SpfMilter(Milter.Base):
             return Milter.CONTINUE
         reply = rcpt_reply(tx.evaluation, recipient, self.config)
         if not reply.refuses:
-            return self._rcpt_srs(tx, recipient) if self.service.srs else Milter.CONTINUE
+            return self._rcpt_srs(tx, recipient) if self._srs else Milter.CONTINUE
         self.setreply(reply.code, reply.xcode, reply.text)
         if not tx.logged:
             self._log_outcomes(tx, reply.action.value, reply.reply)
@@ -216,7 +221,7 @@ class SpfMilter(Milter.Base):
 
     def _rcpt_srs(self, tx: _Transaction, recipient: str):
         trusted = tx.evaluation.skip_reason is not None
-        verdict = rcpt_srs(self.service.srs, tx.facts.sender, trusted, recipient, tx.srs_kind, time.time())
+        verdict = rcpt_srs(self._srs, tx.facts.sender, trusted, recipient, tx.srs_kind, time.time())
         if verdict.refuses:
             self.setreply(str(verdict.code), verdict.xcode, verdict.text)
             log.info("srs=refused; reason=%s; rcpt=%s; envelope-from=%s; %s", verdict.reason,
@@ -246,7 +251,7 @@ class SpfMilter(Milter.Base):
         self._update_queue_id()
         if tx is None:
             return Milter.CONTINUE
-        if self.service.srs:
+        if self._srs:
             self._apply_srs(tx)
         if not tx.checked:
             self._end_transaction("accept")
@@ -284,7 +289,7 @@ class SpfMilter(Milter.Base):
 
     def _apply_srs(self, tx: _Transaction) -> None:
         """At end of message: reversed SRS recipients replaced, forwarded mail's sender rewritten."""
-        srs = self.service.srs
+        srs = self._srs
         for given, original in tx.reversed:
             self.delrcpt(given)
             self.addrcpt(f"<{original}>")

@@ -199,3 +199,21 @@ def test_readable_secrets_file_stops_the_daemon_from_starting(tmp_path, world, f
     check = subprocess.run([sys.executable, "-m", "spfmilter", "--check-config", "-c", str(conf)],
                            capture_output=True, text=True, timeout=60, cwd=root, env=dict(os.environ, PYTHONPATH=root))
     assert check.returncode == 2 and "accessible by others" in check.stderr
+
+
+def test_an_mta_that_forbids_sender_changes_gets_no_srs_but_its_mail(milter):
+    from tests.support.milterclient import SMFIF_ADDHDRS, SMFIF_CHGHDRS
+
+    client = milter.client(actions=SMFIF_ADDHDRS | SMFIF_CHGHDRS)
+    client.connect(f"[{CLIENT_IP}]", CLIENT_IP, port=40000, family="4")
+    client.helo("helo.example")
+    client.mail("<alice@pass.example>")
+    rcpt = client.rcpt("<fwd@mx.test>")  # "skipped": without SRS, header-only mode skips RCPT on unix sockets
+    client.data()
+    client.eoh()
+    reply, mods = client.eom()
+    client.quit()
+    assert rcpt.action in ("continue", "skipped")
+    assert reply.action == "continue" and srs_mods(mods) == []
+    assert [m[0] for m in mods].count("insheader") + [m[0] for m in mods].count("addheader") == 1
+    assert "SRS is off for this connection" in milter.logs()
