@@ -118,7 +118,7 @@ def mta(request, world, tmp_path_factory):
                                milter_default_action=settings.pop("milter_default_action"), extra_main_cf=settings)
     instance.start()
     yield mode, instance, milter
-    instance.stop()
+    instance.close()
     assert milter.stop() == 0
     if socket_dir is not None:
         assert not (socket_dir / "spfmilter.sock").exists()  # removed at exit

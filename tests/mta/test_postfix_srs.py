@@ -18,7 +18,6 @@ import re
 import shutil
 import time
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -29,9 +28,9 @@ _usable, _why = postfix_available()
 if not _usable:
     pytest.skip(f"private Postfix instances unavailable: {_why}", allow_module_level=True)
 
-from spfmilter.srs import DAY, SrsKeys, forward, reverse  # noqa: E402
-from tests.conftest import launch_milter  # noqa: E402
-from tests.mta.test_postfix_spfmilter import (  # noqa: E402
+from spfmilter.srs import DAY, SrsKeys, forward, reverse
+from tests.conftest import launch_milter
+from tests.mta.test_postfix_spfmilter import (
     CLIENT_IP,
     HELO,
     ROOT,
