@@ -6,6 +6,7 @@
 #   ./dev.sh run [SPFMILTER ARGS] install what is needed and run the milter in the foreground
 #                                 (built-in defaults: header-only, inet:8890@127.0.0.1, stderr)
 #   ./dev.sh install              only install
+#   ./dev.sh reliability          the full-size reliability run; writes docs/RELIABILITY.md
 #
 # Runs as root on Debian 12 (bookworm); idempotent, so it is cheap to run again.
 set -eu
@@ -156,8 +157,16 @@ case "$command" in
         install_venv
         exec "$VENV/bin/spfmilter" "$@"
         ;;
+    reliability)
+        # the full-size reliability run (10,000 fuzzed, 100,000 soak sessions): docs/RELIABILITY.md
+        install_packages
+        install_sendmail
+        install_postsrsd
+        install_venv
+        exec "$VENV/bin/python" -m tests.reliability.report --long --write docs/RELIABILITY.md "$@"
+        ;;
     *)
-        echo "usage: $0 test|run|install [ARGS...]" >&2
+        echo "usage: $0 test|run|install|reliability [ARGS...]" >&2
         exit 2
         ;;
 esac

@@ -239,6 +239,11 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     a worker that dies is replaced, and SIGHUP reloads the configuration: new
     workers start with it and the old ones finish their sessions and exit.
     """
+    try:
+        srs_policy = build_srs_policy(config)  # before the switch to ``user``; the workers inherit it
+    except (SecretsError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     sessions = Sessions()
     register(_unused_factory, sessions)  # libmilter wants a registration before opening the socket
     milter.setconn(config.socket.libmilter())
@@ -252,9 +257,8 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
         log.error("cannot find the listening socket for %s", config.socket)
         return 1
     tune_listener(listener, config.socket)
+    keep_link = None
     try:
-        # read while surely readable (before the switch to ``user``); the workers inherit it
-        srs_policy = build_srs_policy(config)
         prepare_socket_file(config)
         keep_link = make_keep_link(config)
         write_pid_file(config.pid_file)
@@ -264,8 +268,9 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
             # its user and the supervisor stays small, importing nothing more.
             from . import milter as _preload  # noqa: F401
         drop_privileges(config.user, config.group)
-    except (OSError, KeyError, ValueError, SecretsError) as exc:
+    except (OSError, KeyError, ValueError) as exc:
         log.error("cannot start: %s", exc)
+        remove_socket_file(config, keep_link)
         return 1
     log.info("spfmilter %s listening on %s (mode=%s, header_type=%s, authserv_id=%s, workers=%d)",
              __version__, config.socket, config.mode.value, config.header_type.value,
