@@ -63,6 +63,12 @@ def rows(f: dict) -> list[tuple[str, str, str]]:
     tried, passed, failed = _cases(abuse)
     out.append(("Milter-protocol abuse (disconnect at every stage, aborts, hostile input)", f"{tried} cases",
                 f"{passed} passed" + (f", failed: {', '.join(failed)}" if failed else "")))
+    policy = get("failure_policy")
+    tried, passed, failed = _cases(policy)
+    out.append(("Exception injected in a callback (connect, MAIL, RCPT SPF/SRS, header, end of message) x "
+                "on_error tempfail/accept", f"{tried} cases",
+                f"{passed} answered as configured, logged once, serving went on"
+                + (f"; failed: {', '.join(failed)}" if failed else "")))
     fuzz = get("fuzz")
     out.append(("Fuzzed sessions through the socket", f"{fuzz.get('sessions', 0):,} (seed {fuzz.get('seed', '?')})",
                 f"{fuzz.get('crashes', '?')} crashes, {fuzz.get('hung', '?')} hung, {fuzz.get('bad_headers', '?')} bad "
@@ -117,7 +123,7 @@ def verdict(f: dict) -> list[str]:
             problems.append(f"{section}.{key} missing")
         elif value:
             problems.append(f"{section}.{key} = {value}")
-    for section in ("dns_faults", "protocol_abuse"):
+    for section in ("dns_faults", "protocol_abuse", "failure_policy"):
         tried, passed, failed = _cases(f.get(section, {}))
         if not tried or failed:
             problems.append(f"{section}: {passed}/{tried} passed")
@@ -138,7 +144,7 @@ def render(f: dict, long: bool, rc: int, seconds: float) -> str:
     lines += ["", "**Verdict:** " + ("0 crashes, 0 lost messages, 0 forged accepted." if not problems and rc == 0
                                      else "PROBLEMS: " + "; ".join(problems or [f"pytest exit status {rc}"]))]
     lines += ["", "Where each figure comes from: tests/reliability/ (test_dns_faults, test_protocol_abuse, "
-              "test_fuzz, test_soak, test_shutdown, test_security) and "
+              "test_fuzz, test_soak, test_shutdown, test_security, test_failure_policy) and "
               "tests/mta/test_postfix_spfmilter.py::test_milter_restart_under_load_loses_no_message. The same "
               "tests run in CI at small sizes (`./dev.sh test`).", ""]
     return "\n".join(lines)
