@@ -85,8 +85,10 @@ def rows(f: dict) -> list[tuple[str, str, str]]:
                 if stop else "not run"))
     reload_ = get("reload")
     out.append(("SIGHUP reload under load", f"{reload_.get('in_flight', '?')} sessions in flight",
-                ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(reload_.items()) if k != "in_flight")
-                if reload_ else "not run"))
+                f"{reload_.get('completed', '?')} completed on the old configuration, {reload_.get('lost', '?')} lost, "
+                f"{reload_.get('failed', '?')} failed of {reload_.get('sessions', '?')} sessions; "
+                f"{reload_.get('new_config', '?')} of {reload_.get('after_reload', '?')} sessions after the reload "
+                f"had the new configuration" if reload_ else "not run"))
     restart = get("restart")
     out.append(("Milter restart under Postfix load", f"{restart.get('messages', '?')} messages",
                 f"{restart.get('delivered', '?')} delivered, {restart.get('lost', '?')} lost, "
