@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("address", metavar="ADDRESS")
         action.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
                             help="configuration file (same default as above)")
+    from . import logreport
+
+    logreport.add_parser(commands)
     return parser
 
 
@@ -137,6 +140,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "srs" and args.srs_command == "genkey":
         return srs_command(args, None)
+    if args.command == "report":  # reads logs only; no configuration needed
+        from . import logreport
+
+        return logreport.run(args)
     path = getattr(args, "check_config_file", None) or args.config
     try:
         config = _load_config(path)

@@ -137,8 +137,45 @@ def evaluate(facts: Facts, config: Config, verify) -> Evaluation:
     return Evaluation(facts, outcomes=outcomes, decision=decide(*outcomes, facts, config))
 
 
+def deciding_domain(evaluation: Evaluation) -> str:
+    """The domain whose SPF result decided a refusal ("" when nothing refuses)."""
+    decision = evaluation.decision
+    if not decision.refuses or evaluation.outcomes is None:
+        return ""
+    outcome = next(o for o in evaluation.outcomes if o.identity is decision.identity)
+    return (outcome.domain or "").lower().rstrip(".")
+
+
+def enforced_for(evaluation: Evaluation, recipient: str, config: Config) -> bool:
+    """Whether a refusal is carried out for this recipient (staged rollout).
+
+    ``header_only_senders`` spares a sender domain everywhere; ``enforce_domains`` and
+    ``header_only_domains`` override ``mode`` for the recipient's domain.
+    """
+    if deciding_domain(evaluation) in config.header_only_senders:
+        return False
+    domain = parse_envelope_address(recipient).domain.lower().rstrip(".")
+    if domain in config.enforce_domains:
+        return True
+    if domain in config.header_only_domains:
+        return False
+    return config.enforce
+
+
+def enforcement_possible(config: Config) -> bool:
+    """Whether any recipient can ever be refused (else RCPT need not be looked at)."""
+    return config.enforce or bool(config.enforce_domains)
+
+
 def rcpt_reply(evaluation: Evaluation, recipient: str, config: Config) -> Decision:
-    """The answer to one RCPT TO: the refusal, unless header-only mode or an exempt recipient."""
-    if not evaluation.decision.refuses or not config.enforce or is_exempt_recipient(recipient, config):
+    """The answer to one RCPT TO: the refusal, unless not enforced for it or an exempt recipient."""
+    if (not evaluation.decision.refuses or is_exempt_recipient(recipient, config)
+            or not enforced_for(evaluation, recipient, config)):
         return ACCEPT
     return evaluation.decision
+
+
+def spared(evaluation: Evaluation, recipient: str, config: Config) -> bool:
+    """True when this recipient gets a message that enforcement would have refused."""
+    return (evaluation.decision.refuses and not is_exempt_recipient(recipient, config)
+            and not enforced_for(evaluation, recipient, config))
