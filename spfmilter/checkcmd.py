@@ -5,7 +5,7 @@ import sys
 
 from .config import Config
 from .headers import render, spf_headers
-from .policy import Facts, evaluate, rcpt_reply
+from .policy import Facts, evaluate, held_for_dkim, not_enforced_reason, rcpt_reply
 from .milter import make_service
 from .verify import Verifier, normalise_ip, parse_envelope_address
 
@@ -30,10 +30,13 @@ def run_check(config: Config, ip: str, helo: str, sender: str, recipient: str,
     out.write(render(spf_headers(*evaluation.outcomes, facts, config)))
     reply = rcpt_reply(evaluation, recipient, config)
     out.write("\n")
-    if reply.refuses:
+    if reply.refuses and held_for_dkim(evaluation, config):
+        out.write(f"SMTP reply: 250 at RCPT (spf_fail_hold = dkim); at the end of the message: {reply.reply}, "
+                  "unless a DKIM signature aligned with From: verifies\n")
+    elif reply.refuses:
         out.write(f"SMTP reply: {reply.reply}\n")
     elif evaluation.decision.refuses:
-        why = "header-only mode" if not config.enforce else f"exempt recipient {recipient}"
+        why = not_enforced_reason(evaluation, recipient, config)
         out.write(f"SMTP reply: 250 (accepted: {why}; enforcement would reply: "
                   f"{evaluation.decision.reply})\n")
     else:

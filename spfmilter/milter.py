@@ -32,12 +32,13 @@ from . import headers as hdr
 from .config import Config, ErrorAction, FailHold
 from .dns import DnsClient, DnsTempError
 from .metrics import NO_METRICS, Metrics
-from .policy import Action, Evaluation, Facts, enforcement_possible, evaluate, rcpt_reply, spared
+from .policy import (Action, Evaluation, Facts, enforcement_possible, evaluate, held_for_dkim, rcpt_reply,
+                     spared)
 from .srs import SrsError
 from .srs import forward as srs_forward
 from .srspolicy import Kind, SrsPolicy, rcpt_srs
 from .text import clean
-from .verify import SpfResult, Verifier, normalise_ip, parse_envelope_address
+from .verify import Verifier, normalise_ip, parse_envelope_address
 
 log = logging.getLogger("spfmilter")
 
@@ -58,7 +59,6 @@ SRS_ACTIONS = Milter.CHGFROM | Milter.ADDRCPT | Milter.DELRCPT
 # spf_fail_hold = dkim: a held message is kept in memory up to this size for DKIM; a
 # bigger one cannot be verified and gets the SPF refusal.
 HOLD_MAX_BYTES = 10 * 1024 * 1024
-HOLDABLE_RESULTS = (SpfResult.FAIL, SpfResult.SOFTFAIL)
 
 
 @dataclass(frozen=True)
@@ -279,11 +279,7 @@ class SpfMilter(Milter.Base):
 
     def _holds(self, tx: _Transaction) -> bool:
         """Whether this transaction's refusal waits for DKIM (spf_fail_hold = dkim)."""
-        decision = tx.evaluation.decision
-        if not self._hold or decision.action is not Action.REJECT:
-            return False
-        outcome = next(o for o in tx.evaluation.outcomes if o.identity is decision.identity)
-        return outcome.result in HOLDABLE_RESULTS
+        return self._hold and tx.checked and held_for_dkim(tx.evaluation, self.config)
 
     @Milter.noreply
     @_guarded("header", replies=False)

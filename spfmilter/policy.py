@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import Config, TempErrorAction
+from .config import Config, FailHold, TempErrorAction
 from .text import reply_text
 from .verify import Identity, SpfOutcome, SpfResult, parse_envelope_address
 
@@ -179,3 +179,26 @@ def spared(evaluation: Evaluation, recipient: str, config: Config) -> bool:
     """True when this recipient gets a message that enforcement would have refused."""
     return (evaluation.decision.refuses and not is_exempt_recipient(recipient, config)
             and not enforced_for(evaluation, recipient, config))
+
+
+def not_enforced_reason(evaluation: Evaluation, recipient: str, config: Config) -> str:
+    """Why a refusing decision is not carried out for ``recipient`` (for `spfmilter check`)."""
+    if is_exempt_recipient(recipient, config):
+        return f"exempt recipient {recipient}"
+    sender_domain = deciding_domain(evaluation)
+    if sender_domain in config.header_only_senders:
+        return f"header_only_senders lists {sender_domain}"
+    domain = parse_envelope_address(recipient).domain.lower().rstrip(".")
+    if domain in config.header_only_domains:
+        return f"header_only_domains lists {domain}"
+    return "header-only mode"
+
+
+def held_for_dkim(evaluation: Evaluation, config: Config) -> bool:
+    """spf_fail_hold = dkim: a refusal for an SPF fail (or a rejected softfail) waits for the
+    end of the message, where an aligned DKIM signature can spare it (RFC 7489 section 10.1)."""
+    decision = evaluation.decision
+    if config.spf_fail_hold is not FailHold.DKIM or decision.action is not Action.REJECT:
+        return False
+    outcome = next(o for o in evaluation.outcomes if o.identity is decision.identity)
+    return outcome.result in (SpfResult.FAIL, SpfResult.SOFTFAIL)
