@@ -96,8 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("address", metavar="ADDRESS")
         action.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
                             help="configuration file (same default as above)")
-    from . import logreport
+    from . import explain, logreport
 
+    explain.add_parser(commands)
     logreport.add_parser(commands)
     return parser
 
@@ -174,6 +175,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as exc:
         print(f"spfmilter: {exc}", file=sys.stderr)
         return 1
+    if args.command == "explain":
+        from .explain import run as run_explain
+
+        return run_explain(args, config)
     if args.command == "check":
         from .checkcmd import run_check
 
