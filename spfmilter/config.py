@@ -218,7 +218,9 @@ def is_hostname(text: str) -> bool:
     """A syntactically valid host/domain name (LDH labels, underscores tolerated)."""
     if not text or len(text) > 253:
         return False
-    return all(_LABEL.match(label) for label in text.rstrip(".").split("."))
+    if text.endswith("."):  # one trailing dot (a fully qualified name); "a.b.." is no name
+        text = text[:-1]
+    return all(_LABEL.match(label) for label in text.split("."))
 
 
 def parse_networks(text: str) -> tuple:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import Milter
+import milter as libmilter
 
 from . import dkimcheck
 from . import headers as hdr
@@ -128,6 +129,13 @@ def _guarded(stage: str, replies: bool):
                 return self._error_reply()
             try:
                 return method(self, *args)
+            except libmilter.error as exc:
+                # libmilter refused a change: the MTA hung up (timeout, crash) or did not allow it
+                self._failed = True
+                log.warning("could not change the message in %s (%s): %s; answering per on_error=%s",
+                            stage, self._ident(), exc, self.service.config.on_error.value)
+                self._end_transaction("aborted")
+                return self._error_reply() if replies else Milter.CONTINUE
             except Exception:
                 self._failed = True
                 self.service.metrics.error(stage)
@@ -148,6 +156,7 @@ class SpfMilter(Milter.Base):
         self.service = service
         self.config = service.config
         self._failed = False
+        self._connected = False  # False: pymilter could not hand us the connect information
         self._client_ip: Optional[str] = None
         self._local = False
         self._client_name = ""
@@ -194,6 +203,7 @@ class SpfMilter(Milter.Base):
     @Milter.noreply
     @_guarded("connect", replies=False)
     def connect(self, hostname, family, hostaddr):
+        self._connected = True
         self._client_name = clean(hostname or "", 255)
         self._client_ip = None
         self._local = family == socket.AF_UNIX
@@ -217,13 +227,16 @@ class SpfMilter(Milter.Base):
     def envfrom(self, sender, *params):
         self._end_transaction("aborted")  # a new MAIL FROM implicitly ends the last one
         self._update_queue_id()
+        if not self._connected and not self._recover_client():
+            self._failed = True  # unchecked is not an option: answer per on_error
+            return Milter.CONTINUE
         address = parse_envelope_address(sender or "")
         facts = Facts(
             client_ip=self._client_ip,
             helo=self._helo,
             sender=address.text,
             client_name=self._client_name,
-            auth_user=self.getsymval("{auth_authen}") or None,
+            auth_user=self._macro("{auth_authen}") or None,
             queue_id=self._queue_id,
             local=self._local,
         )
@@ -444,6 +457,29 @@ class SpfMilter(Milter.Base):
         except Exception:  # the reply text is ours; a failure here is libmilter's
             pass
         return Milter.TEMPFAIL
+
+    def _macro(self, name: str) -> Optional[str]:
+        """A macro's value; pymilter decodes them as strict UTF-8, so an undecodable one is
+        "?" (for {auth_authen}: still a login, so the client stays authenticated)."""
+        try:
+            return self.getsymval(name)
+        except UnicodeDecodeError:
+            return "?"
+
+    def _recover_client(self) -> bool:
+        """The connect stage never reached us (its host name was not UTF-8): take the client
+        address from the {client_addr} macro if the MTA sends it; else say so."""
+        address = self._macro("{client_addr}")
+        try:
+            self._client_ip = normalise_ip(address) if address and address != "?" else None
+        except ValueError:
+            self._client_ip = None
+        if self._client_ip is None:
+            log.warning("the MTA's connect information could not be read (host name not UTF-8) and no "
+                        "{client_addr} macro came; answering per on_error=%s", self.config.on_error.value)
+            return False
+        self._connected = True
+        return True
 
     def _update_queue_id(self) -> None:
         try:

@@ -21,6 +21,7 @@ import pwd
 import signal
 import socket
 import stat
+import sys
 import threading
 import time
 from typing import Callable, Optional
@@ -75,21 +76,28 @@ class Sessions:
 
 
 def register(factory: Callable[[], "Milter.Base"], sessions: Sessions) -> None:
-    """Wire libmilter's callbacks to per-connection SpfMilter objects made by ``factory``."""
+    """Wire libmilter's callbacks to per-connection SpfMilter objects made by ``factory``.
+
+    pymilter decodes the connect host name, the HELO name and header names as strict
+    UTF-8 before any of our code runs; an undecodable one raises inside pymilter.  The
+    exception policy CONTINUE keeps that from answering the MTA with pymilter's own
+    451 at that stage; SpfMilter then notices what it did not get (a connect that never
+    arrived is answered per ``on_error``; an unreadable HELO name is no domain anyway).
+    """
+
+    def instance_of(ctx):
+        instance = ctx.getpriv()
+        if instance is None:  # an MTA that does not negotiate, or a connect pymilter could not decode
+            instance = factory()
+            instance._setctx(ctx)
+            sessions.opened()
+        return instance
 
     def negotiate(ctx, opts):
         instance = factory()
         instance._setctx(ctx)
         sessions.opened()
         return instance.negotiate(opts)
-
-    def connect(ctx, hostname, family, hostaddr):
-        instance = ctx.getpriv()
-        if instance is None:  # an MTA that does not negotiate
-            instance = factory()
-            instance._setctx(ctx)
-            sessions.opened()
-        return instance.connect(hostname, family, hostaddr)
 
     def close(ctx):
         instance = ctx.getpriv()
@@ -103,20 +111,21 @@ def register(factory: Callable[[], "Milter.Base"], sessions: Sessions) -> None:
 
     milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.SETSYMLIST
                      | Milter.CHGFROM | Milter.ADDRCPT | Milter.DELRCPT)
-    milter.set_connect_callback(connect)
-    milter.set_helo_callback(lambda ctx, name: ctx.getpriv().hello(name))
-    milter.set_envfrom_callback(lambda ctx, *args: ctx.getpriv().envfrom_bytes(*args))
-    milter.set_envrcpt_callback(lambda ctx, *args: ctx.getpriv().envrcpt_bytes(*args))
-    milter.set_header_callback(lambda ctx, name, value: ctx.getpriv().header_bytes(name, value))
-    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
-    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_exception_policy(Milter.CONTINUE)
+    milter.set_connect_callback(lambda ctx, *args: instance_of(ctx).connect(*args))
+    milter.set_helo_callback(lambda ctx, name: instance_of(ctx).hello(name))
+    milter.set_envfrom_callback(lambda ctx, *args: instance_of(ctx).envfrom_bytes(*args))
+    milter.set_envrcpt_callback(lambda ctx, *args: instance_of(ctx).envrcpt_bytes(*args))
+    milter.set_header_callback(lambda ctx, name, value: instance_of(ctx).header_bytes(name, value))
+    milter.set_eoh_callback(lambda ctx: instance_of(ctx).eoh())
+    milter.set_body_callback(lambda ctx, chunk: instance_of(ctx).body(chunk))
+    milter.set_eom_callback(lambda ctx: instance_of(ctx).eom())
+    milter.set_abort_callback(lambda ctx: instance_of(ctx).abort())
     milter.set_close_callback(close)
     milter.register(
         "spfmilter",
-        data=lambda ctx: ctx.getpriv().data(),
-        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        data=lambda ctx: instance_of(ctx).data(),
+        unknown=lambda ctx, cmd: instance_of(ctx).unknown(cmd),
         negotiate=negotiate,
     )
 
@@ -418,6 +427,25 @@ class Drainer:
         return 0
 
 
+class _PymilterStderr:
+    """pymilter prints an exception it caught (e.g. text it could not decode) to sys.stderr:
+    turn each such line into one log line, so it reaches syslog with the rest."""
+
+    def __init__(self):
+        self._buffer = ""
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        while "\n" in self._buffer:
+            line, self._buffer = self._buffer.split("\n", 1)
+            if line.strip():
+                log.warning("pymilter: %s", line.strip())
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def run_worker(config: Config, listener: int, drain_timeout: float, keep_link: Optional[str] = None,
                srs_policy=None) -> int:
     """One worker: libmilter's loop with ``config`` until DRAIN_SIGNAL (see Drainer).
@@ -431,6 +459,7 @@ def run_worker(config: Config, listener: int, drain_timeout: float, keep_link: O
     service = make_service(config, srs_policy, worker_metrics(config.metrics_listen))
     sessions = Sessions()
     register(lambda: SpfMilter(service), sessions)
+    sys.stderr = _PymilterStderr()  # our log handler keeps the real stream
     Drainer(sessions, listener, drain_timeout).start()
     try:
         milter.main()
