@@ -5,7 +5,7 @@ import sys
 
 from .config import Config
 from .headers import render, spf_headers
-from .policy import Facts, evaluate, rcpt_reply
+from .policy import Facts, evaluate, held_for_dkim, not_enforced_reason, rcpt_reply
 from .milter import make_service
 from .verify import Verifier, normalise_ip, parse_envelope_address
 
@@ -23,19 +23,24 @@ def run_check(config: Config, ip: str, helo: str, sender: str, recipient: str,
     facts = Facts(client_ip=client_ip, helo=helo.strip(),
                   sender=parse_envelope_address(sender).text, auth_user=auth_user or None)
     evaluation = evaluate(facts, config, verifier.verify)
-    if evaluation.skip_reason is not None:
-        out.write(f"# not checked: {evaluation.skip_reason}; no headers added\n\n")
-        out.write("SMTP reply: 250 (accepted)\n")
-        return 0
-    out.write(render(spf_headers(*evaluation.outcomes, facts, config)))
-    reply = rcpt_reply(evaluation, recipient, config)
-    out.write("\n")
-    if reply.refuses:
-        out.write(f"SMTP reply: {reply.reply}\n")
-    elif evaluation.decision.refuses:
-        why = "header-only mode" if not config.enforce else f"exempt recipient {recipient}"
-        out.write(f"SMTP reply: 250 (accepted: {why}; enforcement would reply: "
-                  f"{evaluation.decision.reply})\n")
-    else:
-        out.write("SMTP reply: 250 (accepted)\n")
+    out.write(milter_view(evaluation, recipient, config))
     return 0
+
+
+def milter_view(evaluation, recipient: str, config: Config) -> str:
+    """The headers the milter would add and the SMTP reply it would give, as text
+    (shared by ``spfmilter check`` and ``spfmilter explain``)."""
+    if evaluation.skip_reason is not None:
+        return f"# not checked: {evaluation.skip_reason}; no headers added\n\nSMTP reply: 250 (accepted)\n"
+    text = render(spf_headers(*evaluation.outcomes, evaluation.facts, config)) + "\n"
+    reply = rcpt_reply(evaluation, recipient, config)
+    if reply.refuses and held_for_dkim(evaluation, config):
+        return text + (f"SMTP reply: 250 at RCPT (spf_fail_hold = dkim); at the end of the message: "
+                       f"{reply.reply}, unless a DKIM signature aligned with From: verifies\n")
+    if reply.refuses:
+        return text + f"SMTP reply: {reply.reply}\n"
+    if evaluation.decision.refuses:
+        why = not_enforced_reason(evaluation, recipient, config)
+        return text + (f"SMTP reply: 250 (accepted: {why}; enforcement would reply: "
+                       f"{evaluation.decision.reply})\n")
+    return text + "SMTP reply: 250 (accepted)\n"

@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("address", metavar="ADDRESS")
         action.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
                             help="configuration file (same default as above)")
+    from . import explain, logreport
+
+    explain.add_parser(commands)
+    logreport.add_parser(commands)
     return parser
 
 
@@ -137,6 +141,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "srs" and args.srs_command == "genkey":
         return srs_command(args, None)
+    if args.command == "report":  # reads logs only; no configuration needed
+        from . import logreport
+
+        return logreport.run(args)
     path = getattr(args, "check_config_file", None) or args.config
     try:
         config = _load_config(path)
@@ -167,6 +175,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as exc:
         print(f"spfmilter: {exc}", file=sys.stderr)
         return 1
+    if args.command == "explain":
+        from .explain import run as run_explain
+
+        return run_explain(args, config)
     if args.command == "check":
         from .checkcmd import run_check
 

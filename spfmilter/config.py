@@ -50,6 +50,11 @@ class ErrorAction(str, enum.Enum):
     ACCEPT = "accept"
 
 
+class FailHold(str, enum.Enum):
+    NONE = "none"
+    DKIM = "dkim"
+
+
 class LogDestination(str, enum.Enum):
     STDERR = "stderr"
     SYSLOG = "syslog"
@@ -117,6 +122,11 @@ class Config:
     srs_forward_table: str = ""
     srs_exclude_domains: frozenset = frozenset()
     srs_rewrite_trusted: bool = False
+    enforce_domains: frozenset = frozenset()
+    header_only_domains: frozenset = frozenset()
+    header_only_senders: frozenset = frozenset()
+    spf_fail_hold: FailHold = FailHold.NONE
+    metrics_listen: str = ""
     source: str = field(default="<built-in defaults>", compare=False)
 
     @property
@@ -368,6 +378,23 @@ def _int_parser(low: int, high: int, unit: str = "") -> Callable[[str], int]:
     return parse
 
 
+def parse_listen(text: str) -> str:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` for the metrics page, or empty."""
+    value = text.strip()
+    if not value:
+        return ""
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):(\d{1,5})", value)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9899 or [::1]:9899")
+    host = match.group(1).strip("[]")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"bad address {host!r}") from None
+    return value
+
+
 def parse_separator(text: str) -> str:
     value = text.strip()
     if value not in ("=", "+", "-"):
@@ -453,6 +480,20 @@ KEYS: tuple[Key, ...] = (
     Key("srs_exclude_domains", parse_domains, "", "Sender domains never rewritten."),
     Key("srs_rewrite_trusted", parse_bool, "no",
         "Also rewrite the sender of mail from trusted networks and SASL-authenticated clients."),
+    Key("enforce_domains", parse_domains, "",
+        "Recipient domains where refusals are enforced even when `mode = header-only`: move the domains "
+        "you host to enforcement one at a time."),
+    Key("header_only_domains", parse_domains, "",
+        "Recipient domains kept in header-only mode when `mode = enforce`."),
+    Key("header_only_senders", parse_domains, "",
+        "Sender domains whose SPF results never refuse a message (a partner with a broken record): "
+        "marked and logged as `would-reject` only."),
+    Key("spf_fail_hold", _enum_parser(FailHold), "none",
+        "`dkim`: hold a refusal for an SPF fail until the end of the message and accept the message "
+        "when it has a valid DKIM signature aligned with its From: domain (RFC 7489 section 10.1)."),
+    Key("metrics_listen", parse_listen, "",
+        "`HOST:PORT` of the Prometheus metrics page, e.g. `127.0.0.1:9899` (keep it on loopback); "
+        "empty: no metrics."),
 )
 
 KEYS_BY_NAME = {key.name: key for key in KEYS}
@@ -509,6 +550,9 @@ def cross_check(config: Config) -> list[str]:
         problems.append("srs_hash_min_length cannot be more than srs_hash_length")
     if config.srs and config.srs_domain in config.srs_exclude_domains:
         problems.append("srs_domain cannot be in srs_exclude_domains")
+    both = sorted(config.enforce_domains & config.header_only_domains)
+    if both:
+        problems.append(f"{', '.join(both)}: in both enforce_domains and header_only_domains")
     return problems
 
 

@@ -113,9 +113,10 @@ class DnsClient:
     """Resolve names for SPF, with a shared cache and a hard deadline per lookup."""
 
     def __init__(self, resolver: dns.resolver.Resolver, cache_size: int = 10000,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, on_event: Callable[[str], None] = lambda event: None):
         self._resolver = resolver
         self._clock = clock
+        self._event = on_event  # "query", "cache-hit", "timeout", "server-failure" (for metrics)
         self.cache = TtlCache(cache_size, clock)
         self.queries = 0  # upstream queries sent (for tests and the benchmark)
         self._lock = threading.Lock()
@@ -128,6 +129,7 @@ class DnsClient:
         key = (name.lower().rstrip("."), qtype)
         cached = self.cache.get(key)
         if cached is not None:
+            self._event("cache-hit")
             if cached.failure:
                 raise DnsTempError(cached.failure)
             return cached
@@ -161,6 +163,7 @@ class DnsClient:
             raise DnsTempError("DNS time budget exhausted")
         with self._lock:
             self.queries += 1
+        self._event("query")
         try:
             answer = self._resolve(key[0] + ".", qtype, deadline)
         except dns.resolver.NXDOMAIN as exc:
@@ -168,8 +171,10 @@ class DnsClient:
             self.cache.put(key, result, _negative_ttl(exc))
             return result
         except dns.resolver.LifetimeTimeout:
+            self._event("timeout")
             raise DnsTempError(f"DNS timeout looking up {key[0]}/{qtype}") from None
         except dns.resolver.NoNameservers as exc:
+            self._event("server-failure")
             message = f"DNS server failure for {key[0]}/{qtype}: {_rcodes(exc)}"
             self.cache.put(key, Answer((), failure=message), SERVER_FAILURE_TTL)
             raise DnsTempError(message) from None

@@ -8,7 +8,7 @@ nor break the header grammar.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import authres
 
@@ -68,16 +68,32 @@ def _pvalue(text: str) -> str:
     return quoted_string(value)
 
 
-def authentication_results(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config) -> str:
-    """The value of our Authentication-Results header: one spf result per identity."""
+def authentication_results(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config,
+                           note: Optional[tuple] = None, dkim: Sequence = ()) -> str:
+    """The value of our Authentication-Results header: one spf result per identity.
+
+    ``note``: (identity, text) -- the RFC 8601 ``reason`` of that identity's result, saying
+    e.g. that enforcement would have refused the message.  ``dkim``: DkimResult values
+    checked for a held SPF fail, reported as dkim results.
+    """
+    def why(outcome):
+        return _ascii(note[1]).replace("\\", "").replace("\"", "") if note and note[0] is outcome.identity else None
+
     results = [
         authres.SPFAuthenticationResult(
             result=helo.result.value, result_comment=comment_text(_ascii(reason(helo, facts.client_ip))),
-            smtp_helo=_pvalue(facts.helo) or "unknown"),
+            reason=why(helo), smtp_helo=_pvalue(facts.helo) or "unknown"),
         authres.SPFAuthenticationResult(
             result=mailfrom.result.value, result_comment=comment_text(_ascii(reason(mailfrom, facts.client_ip))),
-            smtp_mailfrom=_pvalue(mailfrom.sender) or "unknown"),
+            reason=why(mailfrom), smtp_mailfrom=_pvalue(mailfrom.sender) or "unknown"),
     ]
+    for item in dkim:
+        comment = "aligned with From:" if item.aligned else "not aligned with From:"
+        if item.problem and item.result != "pass":
+            comment += f" {item.problem}"
+        results.append(authres.DKIMAuthenticationResult(
+            result=item.result, result_comment=comment_text(_ascii(comment[:160])),
+            header_d=_pvalue(item.domain) or "unknown", header_s=_pvalue(item.selector) or None))
     header = authres.AuthenticationResultsHeader(authserv_id=config.authserv_id, results=results)
     return header.header_value()
 
@@ -105,11 +121,12 @@ def received_spf(outcome: SpfOutcome, facts: Facts, config: Config) -> str:
     return f"{outcome.result.value} ({comment}) " + "; ".join(pairs)
 
 
-def spf_headers(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config) -> list[tuple[str, str]]:
+def spf_headers(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config,
+                note: Optional[tuple] = None, dkim: Sequence = ()) -> list[tuple[str, str]]:
     """The headers to prepend, top first, already folded (bare LF + space, as libmilter wants)."""
     headers: list[tuple[str, str]] = []
     if config.header_type in (HeaderType.AUTHENTICATION_RESULTS, HeaderType.BOTH):
-        headers.append((AR_NAME, authentication_results(helo, mailfrom, facts, config)))
+        headers.append((AR_NAME, authentication_results(helo, mailfrom, facts, config, note, dkim)))
     if config.header_type in (HeaderType.RECEIVED_SPF, HeaderType.BOTH):
         # one per identity, MAIL FROM on top (it is the one most readers want)
         headers.append((RSPF_NAME, received_spf(mailfrom, facts, config)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -27,10 +28,13 @@ from typing import Callable, Optional
 import Milter
 import milter as libmilter
 
+from . import dkimcheck
 from . import headers as hdr
-from .config import Config, ErrorAction
-from .dns import DnsClient
-from .policy import Action, Evaluation, Facts, evaluate, rcpt_reply
+from .config import Config, ErrorAction, FailHold
+from .dns import DnsClient, DnsTempError
+from .metrics import NO_METRICS, Metrics
+from .policy import (Action, Evaluation, Facts, enforcement_possible, evaluate, held_for_dkim, rcpt_reply,
+                     spared)
 from .srs import SrsError
 from .srs import forward as srs_forward
 from .srspolicy import Kind, SrsPolicy, rcpt_srs
@@ -53,6 +57,9 @@ SKIPPED_ON_UNIX = Milter.P_NODATA | Milter.P_NOEOH
 NO_REPLY_STAGES = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_HDR
 ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS
 SRS_ACTIONS = Milter.CHGFROM | Milter.ADDRCPT | Milter.DELRCPT
+# spf_fail_hold = dkim: a held message is kept in memory up to this size for DKIM; a
+# bigger one cannot be verified and gets the SPF refusal.
+HOLD_MAX_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,13 +69,15 @@ class Service:
     config: Config
     dns: DnsClient
     srs: Optional[SrsPolicy] = None
+    metrics: Metrics = NO_METRICS
 
 
-def make_service(config: Config, srs: Optional[SrsPolicy] = None) -> Service:
-    """The per-worker shared parts: config, a DNS client with its cache, the SRS policy."""
+def make_service(config: Config, srs: Optional[SrsPolicy] = None, metrics: Metrics = NO_METRICS) -> Service:
+    """The per-worker shared parts: config, a DNS client with its cache, the SRS policy, metrics."""
     from .dns import make_resolver
 
-    return Service(config, DnsClient(make_resolver(config.dns_servers), config.dns_cache_size), srs)
+    client = DnsClient(make_resolver(config.dns_servers), config.dns_cache_size, on_event=metrics.dns)
+    return Service(config, client, srs, metrics)
 
 
 @dataclass
@@ -81,6 +90,16 @@ class _Transaction:
     logged: bool = False
     srs_kind: Optional[Kind] = None  # fixed by the first accepted recipient
     reversed: list = field(default_factory=list)  # (SRS recipient as given, original address)
+    rcpt_seen: bool = False
+    spared: bool = False  # a recipient got it although enforcement would have refused it
+    hold: Optional[bool] = None  # spf_fail_hold: True = held recipients, False = free ones (first decides)
+    raw_headers: list = field(default_factory=list)  # (name, value) of a held message
+    body: list = field(default_factory=list)
+    body_size: int = 0
+
+    @property
+    def held(self) -> bool:
+        return self.hold is True
 
     @property
     def facts(self) -> Facts:
@@ -119,6 +138,7 @@ def _guarded(stage: str, replies: bool):
                 return self._error_reply() if replies else Milter.CONTINUE
             except Exception:
                 self._failed = True
+                self.service.metrics.error(stage)
                 log.exception("internal error in %s callback (%s); answering per on_error=%s",
                               stage, self._ident(), self.service.config.on_error.value)
                 return self._error_reply() if replies else Milter.CONTINUE
@@ -145,6 +165,8 @@ class SpfMilter(Milter.Base):
         self._tx: Optional[_Transaction] = None
         self._queue_id: Optional[str] = None
         self._srs: Optional[SrsPolicy] = service.srs  # None if off, or if the MTA forbids the changes
+        self._hold = self.config.spf_fail_hold is FailHold.DKIM
+        self._leading_space = False  # header values come with their leading space (SMFIP_HDR_LEADSPC)
 
     # ------------------------------------------------------------------ negotiation
 
@@ -158,11 +180,14 @@ class SpfMilter(Milter.Base):
                 self._srs = None
             self._actions = offered_actions & (ACTIONS | (SRS_ACTIONS if self._srs else 0))
             wanted = SKIPPED_STAGES
+            if self._hold:  # DKIM needs the body, and the header values exactly as sent
+                wanted = (wanted & ~Milter.P_NOBODY) | Milter.P_HDR_LEADSPC
             if self.config.socket.family == "unix":
                 wanted |= SKIPPED_ON_UNIX | NO_REPLY_STAGES
-                if not self.config.enforce and not self._srs:
-                    wanted |= Milter.P_NORCPT  # header-only mode without SRS never answers a recipient
+                if not enforcement_possible(self.config) and not self._srs:
+                    wanted |= Milter.P_NORCPT  # nothing to answer per recipient
             wanted &= offered_protocol
+            self._leading_space = bool(wanted & Milter.P_HDR_LEADSPC)
             self._protocol = wanted
             opts[0] = self._actions
             opts[1] = wanted
@@ -215,7 +240,13 @@ class SpfMilter(Milter.Base):
             queue_id=self._queue_id,
             local=self._local,
         )
+        started = time.monotonic()
         self._tx = _Transaction(evaluate(facts, self.config, self._verifier.verify))
+        metrics = self.service.metrics
+        if self._tx.checked:
+            metrics.check_seconds(time.monotonic() - started)
+            for outcome in self._tx.evaluation.outcomes:
+                metrics.spf(outcome.identity.value, outcome.result.value)
         return Milter.CONTINUE
 
     @_guarded("rcpt", replies=True)
@@ -225,7 +256,20 @@ class SpfMilter(Milter.Base):
         if tx is None:
             return Milter.CONTINUE
         reply = rcpt_reply(tx.evaluation, recipient, self.config)
+        tx.rcpt_seen = True
+        if self._holds(tx):
+            # RFC 7489 section 10.1: an SPF fail is refused at end of message unless DKIM saves it.
+            # One message cannot be refused for some recipients only there: held and free
+            # recipients go in separate transactions (452 4.5.3 for the other kind).
+            held = reply.refuses
+            if tx.hold is not None and tx.hold is not held:
+                self.setreply("452", "4.5.3", "This recipient needs a separate transaction; please send it again")
+                return Milter.TEMPFAIL
+            tx.hold = held
+            if held:
+                return self._rcpt_srs(tx, recipient) if self._srs else Milter.CONTINUE
         if not reply.refuses:
+            tx.spared |= spared(tx.evaluation, recipient, self.config)
             return self._rcpt_srs(tx, recipient) if self._srs else Milter.CONTINUE
         self.setreply(reply.code, reply.xcode, reply.text)
         if not tx.logged:
@@ -236,6 +280,7 @@ class SpfMilter(Milter.Base):
         trusted = tx.evaluation.skip_reason is not None
         verdict = rcpt_srs(self._srs, tx.facts.sender, trusted, recipient, tx.srs_kind, time.time())
         if verdict.refuses:
+            self.service.metrics.srs("refused" if verdict.code >= 500 else "retry-mixed")
             self.setreply(str(verdict.code), verdict.xcode, verdict.text)
             log.info("srs=refused; reason=%s; rcpt=%s; envelope-from=%s; %s", verdict.reason,
                      hdr_value(recipient), hdr_value(tx.facts.sender), self._ident())
@@ -245,17 +290,32 @@ class SpfMilter(Milter.Base):
             tx.reversed.append((recipient, verdict.original))
         return Milter.CONTINUE
 
+    def _holds(self, tx: _Transaction) -> bool:
+        """Whether this transaction's refusal waits for DKIM (spf_fail_hold = dkim)."""
+        return self._hold and tx.checked and held_for_dkim(tx.evaluation, self.config)
+
     @Milter.noreply
     @_guarded("header", replies=False)
     def header(self, name, value):
         tx = self._tx
         if tx is None or not tx.checked:
             return Milter.CONTINUE
+        if tx.held and tx.body_size <= HOLD_MAX_BYTES:
+            tx.raw_headers.append((name, value))
+            tx.body_size += len(name) + len(value)
         key = name.strip().lower()
         if key in (hdr.AR_NAME.lower(), hdr.RSPF_NAME.lower()):
             index = tx.header_counts[key] = tx.header_counts.get(key, 0) + 1
             if hdr.is_forged(name, value, self.config):
                 tx.forged.append((name, index))
+        return Milter.CONTINUE
+
+    @_guarded("body", replies=True)
+    def body(self, chunk):
+        tx = self._tx
+        if tx is not None and tx.held and tx.body_size <= HOLD_MAX_BYTES:
+            tx.body.append(bytes(chunk))
+            tx.body_size += len(chunk)
         return Milter.CONTINUE
 
     @_guarded("eom", replies=True)
@@ -264,6 +324,11 @@ class SpfMilter(Milter.Base):
         self._update_queue_id()
         if tx is None:
             return Milter.CONTINUE
+        dkim_results = ()
+        if tx.held:
+            verdict, dkim_results = self._dkim_verdict(tx)
+            if verdict != "accept":
+                return self._refuse_held(tx, verdict, dkim_results)
         if self._srs:
             self._apply_srs(tx)
         if not tx.checked:
@@ -273,16 +338,78 @@ class SpfMilter(Milter.Base):
         for name, index in sorted(tx.forged, key=lambda item: item[1], reverse=True):
             self.chgheader(name, index, "")
             log.info("removed forged %s header #%d%s", name, index, self._queue_suffix())
-        for name, value in reversed(hdr.spf_headers(*tx.evaluation.outcomes, tx.facts, self.config)):
-            self.addheader(name, value, 0)
-        action = "accept"
+        action, note = "accept", None
         decision = tx.evaluation.decision
         if decision.refuses:
-            # header-only mode: say what enforcement would have done; enforce mode:
-            # only exempt recipients (postmaster@, abuse@) got this far.
-            action = f"would-{decision.action.value}" if not self.config.enforce else "accept-exempt"
+            if tx.held:
+                action = "accept-dkim"
+                note = (decision.identity, "SPF fail overridden by a DKIM signature aligned with From: "
+                                           "(RFC 7489 section 10.1)")
+            elif tx.spared or (not tx.rcpt_seen and not enforcement_possible(self.config)):
+                # header-only (for this domain): say what enforcement would have done
+                action = f"would-{decision.action.value}"
+                note = (decision.identity, f"not enforced here; enforcement would refuse it with "
+                                           f"{decision.code} {decision.xcode}")
+            else:
+                action = "accept-exempt"  # only exempt recipients (postmaster@, abuse@) got this far
+        headers = hdr.spf_headers(*tx.evaluation.outcomes, tx.facts, self.config, note, dkim_results)
+        for name, value in reversed(headers):
+            self.addheader(name, value, 0)
         self._end_transaction(action)
         return Milter.CONTINUE
+
+    def _held_message(self, tx: _Transaction) -> bytes:
+        """The held message as DKIM signed it: header fields as sent, CRLF line ends, the body."""
+        lines = []
+        for name, value in tx.raw_headers:
+            raw = value.encode("utf-8", "surrogateescape")
+            if not self._leading_space:
+                raw = b" " + raw
+            raw = re.sub(rb"\r?\n", b"\r\n", raw)
+            lines.append(name.encode("utf-8", "surrogateescape") + b":" + raw + b"\r\n")
+        return b"".join(lines) + b"\r\n" + b"".join(tx.body)
+
+    def _dkim_verdict(self, tx: _Transaction):
+        """("accept" | "reject" | "defer", DkimResult list) for a held SPF fail."""
+        if tx.body_size > HOLD_MAX_BYTES:
+            log.info("dkim=not-checked; message larger than %d bytes%s", HOLD_MAX_BYTES, self._queue_suffix())
+            return "reject", ()
+        deadline = time.monotonic() + self.config.dns_timeout
+        dns = self.service.dns
+
+        def txt(name: str):
+            try:
+                answer = dns.lookup(name.rstrip("."), "TXT", deadline)
+            except DnsTempError as exc:
+                raise dkimcheck.DkimDnsError(str(exc)) from None
+            if answer.nxdomain or not answer.values:
+                return None
+            return b"".join(answer.values[0])
+
+        results = dkimcheck.verify(self._held_message(tx), txt)
+        if dkimcheck.aligned_pass(results):
+            verdict = "accept"
+        elif any(r.result == "temperror" and r.aligned for r in results):
+            verdict = "defer"
+        else:
+            verdict = "reject"
+        self.service.metrics.dkim(verdict)
+        return verdict, results
+
+    def _refuse_held(self, tx: _Transaction, verdict: str, results) -> int:
+        decision = tx.evaluation.decision
+        summary = ", ".join(f"{r.result}:{hdr_value(r.domain)}{'' if r.aligned else '(unaligned)'}"
+                            for r in results) or "no signature"
+        if verdict == "defer":
+            self.setreply("451", "4.4.3", "Temporary DNS failure checking the DKIM signature; please try again later")
+            reply, action, result = "451 4.4.3", "defer", Milter.TEMPFAIL
+        else:
+            self.setreply(decision.code, decision.xcode, decision.text)
+            reply, action, result = decision.reply, "reject", Milter.REJECT
+        log.info("dkim=%s; held SPF refusal%s", summary, self._queue_suffix())
+        self._log_outcomes(tx, action, reply)
+        self._end_transaction(action)
+        return result
 
     def abort(self):
         try:
@@ -306,6 +433,7 @@ class SpfMilter(Milter.Base):
         for given, original in tx.reversed:
             self.delrcpt(given)
             self.addrcpt(f"<{original}>")
+            self.service.metrics.srs("reverse")
             log.info("srs=reverse; rcpt=%s; to=%s%s", hdr_value(given), hdr_value(original), self._queue_suffix())
         if tx.srs_kind is not Kind.FORWARD:
             return
@@ -318,6 +446,7 @@ class SpfMilter(Milter.Base):
             return
         if rewritten != sender:
             self.chgfrom(f"<{rewritten}>")
+            self.service.metrics.srs("forward")
             log.info("srs=forward; envelope-from=%s; to=%s%s", hdr_value(sender), rewritten, self._queue_suffix())
 
     def _error_reply(self):
@@ -371,6 +500,7 @@ class SpfMilter(Milter.Base):
 
     def _log_outcomes(self, tx: _Transaction, action: str, reply: str = "") -> None:
         tx.logged = True
+        self.service.metrics.action("skipped" if tx.evaluation.skip_reason is not None else action)
         evaluation = tx.evaluation
         if evaluation.skip_reason is not None:
             log.info("%s", hdr.skip_line(evaluation.skip_reason, tx.facts))

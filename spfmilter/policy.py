@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import Config, TempErrorAction
+from .config import Config, FailHold, TempErrorAction
 from .text import reply_text
 from .verify import Identity, SpfOutcome, SpfResult, parse_envelope_address
 
@@ -137,8 +137,68 @@ def evaluate(facts: Facts, config: Config, verify) -> Evaluation:
     return Evaluation(facts, outcomes=outcomes, decision=decide(*outcomes, facts, config))
 
 
+def deciding_domain(evaluation: Evaluation) -> str:
+    """The domain whose SPF result decided a refusal ("" when nothing refuses)."""
+    decision = evaluation.decision
+    if not decision.refuses or evaluation.outcomes is None:
+        return ""
+    outcome = next(o for o in evaluation.outcomes if o.identity is decision.identity)
+    return (outcome.domain or "").lower().rstrip(".")
+
+
+def enforced_for(evaluation: Evaluation, recipient: str, config: Config) -> bool:
+    """Whether a refusal is carried out for this recipient (staged rollout).
+
+    ``header_only_senders`` spares a sender domain everywhere; ``enforce_domains`` and
+    ``header_only_domains`` override ``mode`` for the recipient's domain.
+    """
+    if deciding_domain(evaluation) in config.header_only_senders:
+        return False
+    domain = parse_envelope_address(recipient).domain.lower().rstrip(".")
+    if domain in config.enforce_domains:
+        return True
+    if domain in config.header_only_domains:
+        return False
+    return config.enforce
+
+
+def enforcement_possible(config: Config) -> bool:
+    """Whether any recipient can ever be refused (else RCPT need not be looked at)."""
+    return config.enforce or bool(config.enforce_domains)
+
+
 def rcpt_reply(evaluation: Evaluation, recipient: str, config: Config) -> Decision:
-    """The answer to one RCPT TO: the refusal, unless header-only mode or an exempt recipient."""
-    if not evaluation.decision.refuses or not config.enforce or is_exempt_recipient(recipient, config):
+    """The answer to one RCPT TO: the refusal, unless not enforced for it or an exempt recipient."""
+    if (not evaluation.decision.refuses or is_exempt_recipient(recipient, config)
+            or not enforced_for(evaluation, recipient, config)):
         return ACCEPT
     return evaluation.decision
+
+
+def spared(evaluation: Evaluation, recipient: str, config: Config) -> bool:
+    """True when this recipient gets a message that enforcement would have refused."""
+    return (evaluation.decision.refuses and not is_exempt_recipient(recipient, config)
+            and not enforced_for(evaluation, recipient, config))
+
+
+def not_enforced_reason(evaluation: Evaluation, recipient: str, config: Config) -> str:
+    """Why a refusing decision is not carried out for ``recipient`` (for `spfmilter check`)."""
+    if is_exempt_recipient(recipient, config):
+        return f"exempt recipient {recipient}"
+    sender_domain = deciding_domain(evaluation)
+    if sender_domain in config.header_only_senders:
+        return f"header_only_senders lists {sender_domain}"
+    domain = parse_envelope_address(recipient).domain.lower().rstrip(".")
+    if domain in config.header_only_domains:
+        return f"header_only_domains lists {domain}"
+    return "header-only mode"
+
+
+def held_for_dkim(evaluation: Evaluation, config: Config) -> bool:
+    """spf_fail_hold = dkim: a refusal for an SPF fail (or a rejected softfail) waits for the
+    end of the message, where an aligned DKIM signature can spare it (RFC 7489 section 10.1)."""
+    decision = evaluation.decision
+    if config.spf_fail_hold is not FailHold.DKIM or decision.action is not Action.REJECT:
+        return False
+    outcome = next(o for o in evaluation.outcomes if o.identity is decision.identity)
+    return outcome.result in (SpfResult.FAIL, SpfResult.SOFTFAIL)

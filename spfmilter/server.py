@@ -32,6 +32,8 @@ import milter
 from . import __version__
 from .config import Config, ConfigError, SocketSpec, load
 from .srs import SecretsError
+from .metrics import for_worker as worker_metrics
+from .metrics import start_server as start_metrics
 from .srspolicy import build_srs_policy
 
 # The supervisor process imports only this, the config and pymilter; the SPF machinery
@@ -266,7 +268,7 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
         log.error("cannot find the listening socket for %s", config.socket)
         return 1
     tune_listener(listener, config.socket)
-    keep_link = None
+    keep_link = metrics_server = None
     try:
         prepare_socket_file(config)
         keep_link = make_keep_link(config)
@@ -276,17 +278,26 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
             # under root's home is not, after the switch).  Under systemd the daemon starts as
             # its user and the supervisor stays small, importing nothing more.
             from . import milter as _preload  # noqa: F401
+        # multiprocess metrics: the directory and environment exist before prometheus_client is
+        # imported anywhere, and before any worker (they inherit both)
+        metrics_server = start_metrics(config.metrics_listen, config.user)
+        if metrics_server is not None and config.user:
+            import prometheus_client.multiprocess  # noqa: F401  (see the preload above)
         drop_privileges(config.user, config.group)
     except (OSError, KeyError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         remove_socket_file(config, keep_link)
+        if metrics_server is not None:
+            metrics_server.stop()
         return 1
     log.info("spfmilter %s listening on %s (mode=%s, header_type=%s, authserv_id=%s, workers=%d)",
              __version__, config.socket, config.mode.value, config.header_type.value,
              config.authserv_id, resolve_workers(config.workers))
     try:
-        return Supervisor(config, listener, keep_link, drain_timeout, srs_policy).run()
+        return Supervisor(config, listener, keep_link, drain_timeout, srs_policy, metrics_server).run()
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()
         remove_socket_file(config, keep_link)
         remove_pid_file(config.pid_file)
 
@@ -445,7 +456,7 @@ def run_worker(config: Config, listener: int, drain_timeout: float, keep_link: O
     """
     from .milter import SpfMilter, make_service
 
-    service = make_service(config, srs_policy)
+    service = make_service(config, srs_policy, worker_metrics(config.metrics_listen))
     sessions = Sessions()
     register(lambda: SpfMilter(service), sessions)
     sys.stderr = _PymilterStderr()  # our log handler keeps the real stream
@@ -491,9 +502,10 @@ class Supervisor:
     """
 
     def __init__(self, config: Config, listener: int, keep_link: Optional[str] = None,
-                 drain_timeout: float = DRAIN_TIMEOUT, srs_policy=None):
+                 drain_timeout: float = DRAIN_TIMEOUT, srs_policy=None, metrics_server=None):
         self.config = config
         self.srs_policy = srs_policy
+        self.metrics_server = metrics_server
         self.listener = listener
         self.keep_link = keep_link
         self.drain_timeout = drain_timeout
@@ -540,7 +552,7 @@ class Supervisor:
             log.error("reload refused: %s", exc)
             return
         fixed = ("socket", "user", "group", "socket_mode", "socket_group", "pid_file", "log_destination",
-                 "syslog_facility")
+                 "syslog_facility", "metrics_listen")
         changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
         if changed:
             log.warning("reload: %s cannot change without a restart; keeping the old value(s)", ", ".join(changed))
@@ -559,6 +571,14 @@ class Supervisor:
 
     def run(self) -> int:
         self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+        if self.metrics_server is not None:
+            # its thread inherits the blocked signals, so they keep coming to sigwaitinfo below
+            try:
+                self.metrics_server.start()
+            except OSError as exc:
+                log.error("cannot start: metrics page on %s: %s", self.metrics_server.listen, exc.strerror or exc)
+                return 1
+            log.info("metrics on http://%s/metrics", self.metrics_server.listen)
         self._spawn_generation()
         worst = 0
         pending_respawn: list[int] = []

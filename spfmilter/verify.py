@@ -140,8 +140,11 @@ class Verifier:
     """Evaluates SPF for one client; the HELO outcome is reused across transactions."""
 
     def __init__(self, client: DnsClient, receiver: str, budget: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, query_factory: Optional[Callable] = None):
+        """``query_factory(identity, *query_args)`` builds the pyspf query of each check
+        (``spfmilter explain`` passes one that records every step); default :class:`_Query`."""
         self._client = client
+        self._make_query = query_factory or (lambda identity, *args: _Query(*args))
         self._receiver = receiver
         self._budget = budget
         self._clock = clock
@@ -190,7 +193,8 @@ class Verifier:
                               problem="sender domain is not a valid domain name")
         local = address.local or "postmaster"  # RFC 7208 section 4.3
         try:
-            query = _Query(ip, f"{local}@{address.domain}", helo, self._client, deadline, self._receiver)
+            query = self._make_query(identity, ip, f"{local}@{address.domain}", helo, self._client, deadline,
+                                     self._receiver)
             # pyspf splits the sender at its first '@', which breaks quoted local parts
             # such as "a@b"@example.org; use our split at the last '@' for <domain>
             # (RFC 7208 section 4.1) and the l, o and d macros (section 7.3).

@@ -53,10 +53,10 @@ def _is_forged(name, value, config):
     return _real_is_forged(name, value, config)
 
 
-def _spf_headers(helo, mailfrom, facts, config):
+def _spf_headers(helo, mailfrom, facts, config, *more):
     if facts.sender.startswith("crash-eom@"):
         raise RuntimeError("injected failure at end of message")
-    return _real_spf_headers(helo, mailfrom, facts, config)
+    return _real_spf_headers(helo, mailfrom, facts, config, *more)
 
 
 def _rcpt_srs(policy, sender, trusted, recipient, kind, now):

@@ -72,3 +72,18 @@ def test_check_config_reports_srs(setup, capsys):
     os.chmod(secrets, 0o644)
     assert main(["--check-config", "-c", str(conf)]) == 2
     assert "accessible by others" in capsys.readouterr().err
+
+
+def test_report_and_explain_are_commands(tmp_path, capsys):
+    log = tmp_path / "mail.log"
+    log.write_text("Nov 23 16:02:07 mx spfmilter[1]: Pass; identity=helo; client-ip=192.0.2.7; helo=h.example; "
+                   "envelope-from=a@fail.example; receiver=mx.test; mechanism=a; action=would-reject\n"
+                   "Nov 23 16:02:07 mx spfmilter[1]: Fail; identity=mailfrom; client-ip=192.0.2.7; helo=h.example; "
+                   "envelope-from=a@fail.example; receiver=mx.test; mechanism=-all; action=would-reject; "
+                   "reply=\"550 5.7.23 no\"\n")
+    assert main(["report", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "fail.example" in out and "messages checked" in out
+    assert main(["report", str(tmp_path / "missing.log")]) == 2
+    assert main(["explain", "--ip", "not-an-ip", "--helo", "h", "--sender", "a@b.example",
+                 "-c", "/dev/null"]) == 2

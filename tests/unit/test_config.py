@@ -12,6 +12,7 @@ from spfmilter.config import (
     ConfigError,
     DnsServer,
     ErrorAction,
+    FailHold,
     HeaderType,
     LogDestination,
     Mode,
@@ -75,6 +76,11 @@ EXPECTED_DEFAULTS = {
     "srs_forward_table": "",
     "srs_exclude_domains": frozenset(),
     "srs_rewrite_trusted": False,
+    "enforce_domains": frozenset(),
+    "header_only_domains": frozenset(),
+    "header_only_senders": frozenset(),
+    "spf_fail_hold": FailHold.NONE,
+    "metrics_listen": "",
 }
 
 
@@ -183,6 +189,14 @@ GOOD_VALUES = [
     ("srs_forward_table", "/etc/postfix/virtual", "/etc/postfix/virtual"),
     ("srs_exclude_domains", "partner.example", frozenset({"partner.example"})),
     ("srs_rewrite_trusted", "yes", True),
+    ("enforce_domains", "Example.COM example.net", frozenset({"example.com", "example.net"})),
+    ("header_only_domains", "example.org", frozenset({"example.org"})),
+    ("header_only_senders", "partner.example", frozenset({"partner.example"})),
+    ("spf_fail_hold", "DKIM", FailHold.DKIM),
+    ("spf_fail_hold", "none", FailHold.NONE),
+    ("metrics_listen", "127.0.0.1:9899", "127.0.0.1:9899"),
+    ("metrics_listen", "[::1]:9899", "[::1]:9899"),
+    ("metrics_listen", "", ""),
 ]
 
 
@@ -265,6 +279,13 @@ BAD_VALUES = [
     ("srs_forward_table", "virtual", "expected an absolute path"),
     ("srs_exclude_domains", "-x-", "bad domain"),
     ("srs_rewrite_trusted", "maybe", "expected yes or no"),
+    ("enforce_domains", "not a domain!", "bad domain"),
+    ("header_only_domains", "a..b", "bad domain"),
+    ("header_only_senders", "-x", "bad domain"),
+    ("spf_fail_hold", "dmarc", "expected one of: none, dkim"),
+    ("metrics_listen", "9899", "expected HOST:PORT"),
+    ("metrics_listen", "example.com:9899", "expected HOST:PORT"),
+    ("metrics_listen", "999.1.1.1:80", "bad address"),
 ]
 
 
@@ -592,5 +613,7 @@ def test_cross_checks_name_the_keys():
     with pytest.raises(ConfigError) as info:
         parse_text("srs_hash_length = 4\nsrs_hash_min_length = 5\n", "x.conf")
     assert info.value.problems == ["x.conf: srs_hash_min_length cannot be more than srs_hash_length"]
+    with pytest.raises(ConfigError, match="example.com: in both enforce_domains and header_only_domains"):
+        parse_text("enforce_domains = example.com\nheader_only_domains = example.com\n", "x.conf")
     with pytest.raises(ConfigError, match="srs_domain cannot be in srs_exclude_domains"):
         parse_text("srs_domain = a.example\nsrs_exclude_domains = a.example\n", "x.conf")

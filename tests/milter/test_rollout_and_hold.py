@@ -1,0 +1,164 @@
+"""Per-domain staged rollout and DMARC-aware holding of SPF refusals (spf_fail_hold = dkim).
+
+Through the real milter process and socket; DKIM keys are served by the loopback test
+DNS server, messages are signed with the test key (tests/support/dkimsign.py).
+"""
+from __future__ import annotations
+
+import authres
+import pytest
+
+from tests.milter.test_sessions import CLIENT_IP, added_headers, ar_results, run, zones
+from tests.support.dkimsign import publish, sign, split_message
+from tests.support.milterclient import SMFIP_HDR_LEADSPC
+
+PASSED_ON = ("continue", "noreply", "skipped")
+
+
+@pytest.fixture(scope="module")
+def world(dns_server):
+    zones(dns_server)
+    # fail.example does not authorise CLIENT_IP; it signs its mail with DKIM
+    publish(dns_server, "fail.example")
+    publish(dns_server, "other-signer.example")
+    dns_server.add("dkimdead.example", "TXT", "v=spf1 -all")
+    dns_server.fault("test._domainkey.dkimdead.example", "servfail")
+    return dns_server
+
+
+def ar_reason(mods, identity="mailfrom"):
+    [(name, value)] = [h for h in added_headers(mods) if h[0] == "Authentication-Results"]
+    parsed = authres.AuthenticationResultsHeader.parse(f"{name}: {value}")
+    for result in parsed.results:
+        if result.method == "spf" and result.properties[0].name == identity:
+            return result.reason
+    raise AssertionError("no such result")
+
+
+# ---------------------------------------------------------------- staged rollout
+
+def test_enforce_domains_refuse_only_for_the_domains_switched_on(start_milter, world):
+    milter = start_milter("mode = header-only\nenforce_domains = mx.test")
+    replies, mods, _ = run(milter, sender="<a@fail.example>", rcpts=("<b@mx.test>", "<c@other.test>"))
+    assert (replies["rcpt"][0].code, replies["rcpt"][0].xcode) == (550, "5.7.23")
+    assert replies["rcpt"][1].action in PASSED_ON
+    assert ar_results(mods)["mailfrom"][0] == "fail"
+    # the copy delivered to the header-only domain says what enforcement would have done
+    assert ar_reason(mods).startswith("not enforced here; enforcement would refuse it with 550 5.7.23")
+    # the log has the refusal that happened (once per transaction)
+    actions = [line.split("action=")[1].split(";")[0] for line in milter.log_lines("identity=mailfrom")]
+    assert actions == ["reject"]
+    # a transaction only for the header-only domain is logged as would-reject
+    run(milter, sender="<a@fail.example>", rcpts=("<c@other.test>",))
+    assert "action=would-reject" in milter.log_lines("identity=mailfrom")[-1]
+
+
+def test_header_only_domains_are_spared_when_mode_is_enforce(start_milter, world):
+    milter = start_milter("mode = enforce\nheader_only_domains = other.test")
+    replies, mods, _ = run(milter, sender="<a@fail.example>", rcpts=("<c@other.test>",))
+    assert replies["rcpt"][0].action in PASSED_ON
+    assert ar_reason(mods).startswith("not enforced here")
+    replies, _, _ = run(milter, sender="<a@fail.example>", rcpts=("<b@mx.test>",))
+    assert replies["rcpt"][0].code == 550
+
+
+def test_header_only_senders_are_never_refused(start_milter, world):
+    milter = start_milter("mode = enforce\nheader_only_senders = fail.example")
+    replies, mods, _ = run(milter, sender="<a@fail.example>")
+    assert replies["rcpt"][0].action in PASSED_ON
+    assert ar_results(mods)["mailfrom"][0] == "fail" and ar_reason(mods).startswith("not enforced here")
+    replies, _, _ = run(milter, sender="<a@softfail.example>")  # others: unchanged (softfail is not refused)
+    assert replies["rcpt"][0].action in PASSED_ON
+    milter2 = start_milter("mode = enforce\nheader_only_senders = softfail.example")
+    replies, _, _ = run(milter2, sender="<a@fail.example>")
+    assert replies["rcpt"][0].code == 550
+
+
+def test_exempt_recipient_in_enforce_mode_is_not_marked_as_spared(start_milter, world):
+    milter = start_milter("mode = enforce")
+    replies, mods, _ = run(milter, sender="<a@fail.example>", rcpts=("<postmaster@mx.test>",))
+    assert replies["rcpt"][0].action in PASSED_ON
+    assert ar_reason(mods) is None
+    assert "action=accept-exempt" in milter.log_lines("identity=mailfrom")[-1]
+
+
+# ---------------------------------------------------------------- holding for DKIM
+
+MESSAGE = (b"From: Alice <alice@fail.example>\r\nTo: bob@mx.test\r\nSubject: forwarded\r\n"
+           b"Date: Mon, 23 Nov 2026 16:00:00 +0000\r\n\r\nHello from a forwarded list.\r\n")
+
+
+def send_signed(milter, message: bytes, sender="<alice@fail.example>", rcpts=("<bob@mx.test>",)):
+    """A full transaction with the message's own headers and body; returns (rcpt replies, eom reply, mods)."""
+    client = milter.client()
+    client.connect(f"[{CLIENT_IP}]", CLIENT_IP, port=40000, family="4")
+    client.helo("helo.example")
+    client.mail(sender)
+    replies = [client.rcpt(r) for r in rcpts]
+    if not any(r.action in PASSED_ON for r in replies):
+        client.abort()
+        client.quit()
+        return replies, None, None
+    client.data()
+    fields, body = split_message(message)
+    leading = client.negotiated_protocol & SMFIP_HDR_LEADSPC
+    for name, value in fields:
+        # as an MTA passes them: with the leading space only when the milter asked for it
+        client.header(name, value if leading else value.lstrip(" "))
+    client.eoh()
+    client.body(body)
+    reply, mods = client.eom()
+    client.quit()
+    return replies, reply, mods
+
+
+@pytest.fixture
+def holding(start_milter, world):
+    return start_milter("mode = enforce\nspf_fail_hold = dkim")
+
+
+def test_spf_fail_with_an_aligned_dkim_signature_is_delivered(holding):
+    replies, reply, mods = send_signed(holding, sign(MESSAGE, "fail.example"))
+    assert replies[0].action in PASSED_ON  # held, not refused at RCPT
+    assert reply.action == "continue"
+    [(_, value)] = [h for h in added_headers(mods) if h[0] == "Authentication-Results"]
+    parsed = authres.AuthenticationResultsHeader.parse(f"Authentication-Results: {value}")
+    found = {(r.method, r.result) for r in parsed.results}
+    assert ("spf", "fail") in found and ("dkim", "pass") in found
+    assert ar_reason(mods).startswith("SPF fail overridden by a DKIM signature aligned with From:")
+    assert "action=accept-dkim" in holding.log_lines("identity=mailfrom")[-1]
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no signature", MESSAGE),
+    ("body changed", sign(MESSAGE, "fail.example").replace(b"Hello", b"Hullo")),
+    ("unaligned signer", sign(MESSAGE, "other-signer.example")),
+    ("no key published", sign(MESSAGE, "pass.example")),
+])
+def test_spf_fail_without_a_valid_aligned_signature_is_refused_at_end_of_message(holding, case, message):
+    replies, reply, mods = send_signed(holding, message)
+    assert replies[0].action in PASSED_ON, case
+    assert (reply.action, reply.code, reply.xcode) == ("replycode", 550, "5.7.23"), case
+    assert "action=reject" in holding.log_lines("identity=mailfrom")[-1]
+
+
+def test_dns_failure_fetching_the_key_defers(start_milter, world):
+    milter = start_milter("mode = enforce\nspf_fail_hold = dkim")
+    message = MESSAGE.replace(b"alice@fail.example", b"alice@dkimdead.example")
+    _, reply, _ = send_signed(milter, sign(message, "dkimdead.example"), sender="<alice@dkimdead.example>")
+    assert (reply.action, reply.code, reply.xcode) == ("replycode", 451, "4.4.3")
+
+
+def test_held_and_free_recipients_go_in_separate_transactions(holding):
+    replies, reply, _ = send_signed(holding, sign(MESSAGE, "fail.example"),
+                                    rcpts=("<bob@mx.test>", "<postmaster@mx.test>", "<carol@mx.test>"))
+    assert replies[0].action in PASSED_ON and replies[2].action in PASSED_ON
+    assert (replies[1].code, replies[1].xcode) == (452, "4.5.3")
+    assert reply.action == "continue"
+
+
+def test_pass_and_other_results_are_not_held(holding):
+    replies, mods, _ = run(holding, sender="<a@pass.example>")
+    assert replies["rcpt"][0].action in PASSED_ON and ar_results(mods)["mailfrom"][0] == "pass"
+    replies, _, _ = run(holding, sender="<a@temperror.example>")
+    assert (replies["rcpt"][0].code, replies["rcpt"][0].xcode) == (451, "4.7.24")  # a temperror still defers at RCPT

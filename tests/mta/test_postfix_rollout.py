@@ -1,0 +1,63 @@
+"""Per-domain staged rollout through a real Postfix: header-only overall, enforced for one of
+the two domains this host delivers; the spared copy says so in its Authentication-Results."""
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+
+import authres
+import pytest
+
+from tests.support.postfix import PostfixInstance, postfix_available
+
+_usable, _why = postfix_available()
+if not _usable:
+    pytest.skip(f"private Postfix instances unavailable: {_why}", allow_module_level=True)
+
+from tests.conftest import launch_milter
+from tests.milter.test_sessions import zones
+from tests.mta.test_postfix_spfmilter import (CLIENT_IP, HELO, contrib_main_cf, contrib_spfmilter_conf, message,
+                                              socket_directory, wait_for_marked)
+
+pytestmark = pytest.mark.mta
+
+
+@pytest.fixture(scope="module")
+def site(dns_server, tmp_path_factory):
+    zones(dns_server)
+    directory = tmp_path_factory.mktemp("pf-rollout")
+    socket_dir = socket_directory()
+    path = socket_dir / "spfmilter.sock"
+    config = contrib_spfmilter_conf(socket=f"unix:{path}", socket_group="postfix", user="nobody",
+                                    mode="header-only", authserv_id="mx.test", enforce_domains="mx.test",
+                                    dns_servers=f"127.0.0.1:{dns_server.port}", log_level="debug")
+    milter = launch_milter(directory, "m", "", None, config_text=config)
+    settings = contrib_main_cf(f"unix:{path}")
+    instance = PostfixInstance(directory / "postfix", milters=settings.pop("smtpd_milters"),
+                               milter_default_action=settings.pop("milter_default_action"),
+                               mydestination=("mx.test", "other.test"), extra_main_cf=settings)
+    instance.start()
+    yield instance, milter
+    instance.close()
+    assert milter.stop() == 0
+    shutil.rmtree(socket_dir.parent)
+
+
+def test_enforced_domain_refuses_the_other_gets_it_marked(site):
+    instance, milter = site
+    marker = f"rollout-{uuid.uuid4().hex[:8]}"
+    result = instance.send("x@fail.example", ["user@mx.test", "user@other.test"],
+                           message("x@fail.example", f"X-Test-Run: {marker}\r\n"), client_ip=CLIENT_IP, helo=HELO)
+    print(result.transcript_text())
+    refused = result.rcpt["user@mx.test"]
+    assert (refused.code, refused.text.split()[0]) == (550, "5.7.23")
+    assert result.rcpt["user@other.test"].code == 250 and result.accepted
+    [delivered] = wait_for_marked(instance, "user@other.test", marker, 1)
+    [value] = delivered.get_all("Authentication-Results")
+    parsed = authres.AuthenticationResultsHeader.parse("Authentication-Results: " + re.sub(r"\s+", " ", value))
+    [mailfrom] = [r for r in parsed.results if r.properties[0].name == "mailfrom"]
+    assert mailfrom.result == "fail"
+    assert mailfrom.reason.startswith("not enforced here; enforcement would refuse it with 550 5.7.23")
+    print("--- delivered to the header-only domain ---\nAuthentication-Results: " + value)
+    assert wait_for_marked(instance, "user@mx.test", marker, 1, timeout=1) == []

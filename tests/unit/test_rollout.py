@@ -1,0 +1,61 @@
+"""Per-domain staged rollout (policy.enforced_for / rcpt_reply / spared): tables."""
+from __future__ import annotations
+
+import pytest
+
+from spfmilter.config import parse_text
+from spfmilter.policy import Evaluation, Facts, decide, enforced_for, rcpt_reply, spared
+from spfmilter.verify import Identity, SpfOutcome, SpfResult
+
+FACTS = Facts(client_ip="192.0.2.7", helo="helo.example", sender="a@fail.example")
+
+
+def evaluation(cfg, mailfrom=SpfResult.FAIL, helo=SpfResult.PASS, helo_domain="helo.example"):
+    outcomes = (SpfOutcome(Identity.HELO, helo, helo_domain, f"postmaster@{helo_domain}"),
+                SpfOutcome(Identity.MAILFROM, mailfrom, "fail.example", "a@fail.example"))
+    return Evaluation(FACTS, outcomes=outcomes, decision=decide(*outcomes, FACTS, cfg))
+
+
+@pytest.mark.parametrize("cfgtext,recipient,enforced", [
+    ("mode = header-only", "<b@mx.test>", False),
+    ("mode = enforce", "<b@mx.test>", True),
+    ("mode = header-only\nenforce_domains = mx.test", "<b@mx.test>", True),
+    ("mode = header-only\nenforce_domains = mx.test", "<b@MX.TEST>", True),
+    ("mode = header-only\nenforce_domains = mx.test", "<b@other.test>", False),
+    ("mode = header-only\nenforce_domains = mx.test", "<b@sub.mx.test>", False),  # exact domains only
+    ("mode = enforce\nheader_only_domains = other.test", "<b@other.test>", False),
+    ("mode = enforce\nheader_only_domains = other.test", "<b@mx.test>", True),
+    ("mode = enforce\nheader_only_senders = fail.example", "<b@mx.test>", False),
+    ("mode = header-only\nenforce_domains = mx.test\nheader_only_senders = fail.example", "<b@mx.test>", False),
+    ("mode = enforce\nheader_only_senders = other.example", "<b@mx.test>", True),
+])
+def test_enforced_for(cfgtext, recipient, enforced):
+    cfg = parse_text(cfgtext, "t")
+    ev = evaluation(cfg)
+    assert enforced_for(ev, recipient, cfg) is enforced
+    assert rcpt_reply(ev, recipient, cfg).refuses is enforced
+    assert spared(ev, recipient, cfg) is (not enforced)
+
+
+def test_the_deciding_identity_names_the_sender_domain():
+    # HELO decides: the exception must name the HELO domain
+    cfg = parse_text("mode = enforce\nheader_only_senders = badhelo.example", "t")
+    ev = evaluation(cfg, mailfrom=SpfResult.PASS, helo=SpfResult.FAIL, helo_domain="badhelo.example")
+    assert ev.decision.identity is Identity.HELO
+    assert not rcpt_reply(ev, "<b@mx.test>", cfg).refuses
+    cfg2 = parse_text("mode = enforce\nheader_only_senders = fail.example", "t")
+    ev2 = evaluation(cfg2, mailfrom=SpfResult.PASS, helo=SpfResult.FAIL, helo_domain="badhelo.example")
+    assert rcpt_reply(ev2, "<b@mx.test>", cfg2).refuses
+
+
+def test_exempt_recipients_are_not_spared_they_are_exempt():
+    cfg = parse_text("mode = header-only", "t")
+    ev = evaluation(cfg)
+    assert not spared(ev, "<postmaster@mx.test>", cfg)
+    assert spared(ev, "<b@mx.test>", cfg)
+
+
+def test_nothing_is_spared_when_nothing_refuses():
+    cfg = parse_text("mode = header-only", "t")
+    ev = evaluation(cfg, mailfrom=SpfResult.PASS)
+    assert not spared(ev, "<b@mx.test>", cfg)
