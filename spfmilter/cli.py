@@ -96,11 +96,40 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("address", metavar="ADDRESS")
         action.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
                             help="configuration file (same default as above)")
-    from . import explain, logreport
+    from . import logreport
 
-    explain.add_parser(commands)
+    add_explain_parser(commands)
     logreport.add_parser(commands)
     return parser
+
+
+EXPLAIN_DEFAULT_RECIPIENT = "user@localhost"
+
+
+def add_explain_parser(subparsers) -> None:
+    """The ``explain`` command's options; spfmilter.explain itself is imported only to run it."""
+    parser = subparsers.add_parser(
+        "explain", help="show an SPF evaluation step by step",
+        description="Evaluate SPF for one case as the milter would and show every step: each record "
+                    "(with include: and redirect= targets), each term tried and why it matched or not, "
+                    "the DNS answers used, the lookup limits, then the headers the milter would add and "
+                    "the SMTP reply it would give. Give --ip, --helo and --sender, or --eml FILE to take "
+                    "them from a delivered message's trace headers (options given as well override).")
+    parser.add_argument("--ip", metavar="IP", help="client IP address")
+    parser.add_argument("--helo", metavar="NAME", help="HELO/EHLO name")
+    parser.add_argument("--sender", metavar="ADDR", help="MAIL FROM address ('' or <> for the null sender)")
+    parser.add_argument("--recipient", default=None, metavar="ADDR",
+                        help=f"RCPT TO address (matters for exempt recipients like postmaster@; default: "
+                             f"X-Original-To/Delivered-To of --eml, else {EXPLAIN_DEFAULT_RECIPIENT})")
+    parser.add_argument("--auth-user", default=None, metavar="NAME",
+                        help="SASL login name, as {auth_authen} would carry")
+    parser.add_argument("--eml", metavar="FILE",
+                        help="message file ('-' for standard input): take the client IP and HELO from the "
+                             "topmost Received header of an untrusted client, the sender from Return-Path, "
+                             "or all three from a Received-SPF header")
+    parser.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
+                        help="configuration file (same default as above)")
+
 
 
 def srs_command(args, config: Optional[Config]) -> int:

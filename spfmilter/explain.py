@@ -49,7 +49,8 @@ from .verify import (
     parse_envelope_address,
 )
 
-DEFAULT_RECIPIENT = "user@localhost"  # as ``spfmilter check``
+from .cli import EXPLAIN_DEFAULT_RECIPIENT as DEFAULT_RECIPIENT  # noqa: E402  (as ``spfmilter check``)
+
 TEXT_LIMIT = 1000  # characters of one untrusted value shown
 ANSWERS_SHOWN = 20  # answers of one DNS lookup shown
 TERM_COLUMN_MAX = 40
@@ -857,28 +858,10 @@ def facts_from_message(data: bytes, config: Config, name: str = "message") -> Tr
 # --------------------------------------------------------------------------- command line
 
 def add_parser(subparsers) -> None:
-    """Add the ``explain`` command to the ``spfmilter`` command parser."""
-    parser = subparsers.add_parser(
-        "explain", help="show an SPF evaluation step by step",
-        description="Evaluate SPF for one case as the milter would and show every step: each record "
-                    "(with include: and redirect= targets), each term tried and why it matched or not, "
-                    "the DNS answers used, the lookup limits, then the headers the milter would add and "
-                    "the SMTP reply it would give. Give --ip, --helo and --sender, or --eml FILE to take "
-                    "them from a delivered message's trace headers (options given as well override).")
-    parser.add_argument("--ip", metavar="IP", help="client IP address")
-    parser.add_argument("--helo", metavar="NAME", help="HELO/EHLO name")
-    parser.add_argument("--sender", metavar="ADDR", help="MAIL FROM address ('' or <> for the null sender)")
-    parser.add_argument("--recipient", default=None, metavar="ADDR",
-                        help=f"RCPT TO address (matters for exempt recipients like postmaster@; default: "
-                             f"X-Original-To/Delivered-To of --eml, else {DEFAULT_RECIPIENT})")
-    parser.add_argument("--auth-user", default=None, metavar="NAME",
-                        help="SASL login name, as {auth_authen} would carry")
-    parser.add_argument("--eml", metavar="FILE",
-                        help="message file ('-' for standard input): take the client IP and HELO from the "
-                             "topmost Received header of an untrusted client, the sender from Return-Path, "
-                             "or all three from a Received-SPF header")
-    parser.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
-                        help="configuration file (same default as above)")
+    """Add the ``explain`` command (its options are defined in spfmilter.cli, which must stay light)."""
+    from .cli import add_explain_parser
+
+    add_explain_parser(subparsers)
 
 
 def _case(args, config: Config) -> tuple[str, str, str, str, tuple]:

@@ -31,10 +31,6 @@ import milter
 
 from . import __version__
 from .config import Config, ConfigError, SocketSpec, load
-from .srs import SecretsError
-from .metrics import for_worker as worker_metrics
-from .metrics import start_server as start_metrics
-from .srspolicy import build_srs_policy
 
 # The supervisor process imports only this, the config and pymilter; the SPF machinery
 # (pyspf, dnspython, authres: ~15 MB) is imported in the workers, after the fork.
@@ -251,8 +247,8 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     workers start with it and the old ones finish their sessions and exit.
     """
     try:
-        srs_policy = build_srs_policy(config)  # before the switch to ``user``; the workers inherit it
-    except (SecretsError, OSError) as exc:
+        srs_policy = load_srs_policy(config)  # before the switch to ``user``; the workers inherit it
+    except ValueError as exc:
         log.error("cannot start: %s", exc)
         return 1
     sessions = Sessions()
@@ -300,6 +296,36 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
             metrics_server.stop()
         remove_socket_file(config, keep_link)
         remove_pid_file(config.pid_file)
+
+
+def load_srs_policy(config: Config):
+    """The SRS policy, or None; ValueError naming the file when it cannot be used.
+
+    Imported only when SRS is on: the main process stays small (hashlib pulls in OpenSSL).
+    """
+    if not config.srs:
+        return None
+    from .srs import SecretsError
+    from .srspolicy import build_srs_policy
+
+    try:
+        return build_srs_policy(config)
+    except (SecretsError, OSError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def start_metrics(listen: str, user: str):
+    if not listen:
+        return None
+    from .metrics import start_server
+
+    return start_server(listen, user)
+
+
+def worker_metrics(listen: str):
+    from .metrics import for_worker
+
+    return for_worker(listen)
 
 
 def _unused_factory():  # pragma: no cover - the supervisor never runs libmilter's loop
@@ -547,8 +573,8 @@ class Supervisor:
                 log.error("reload refused: %s", problem)
             return
         try:
-            srs_policy = build_srs_policy(new)
-        except (SecretsError, OSError) as exc:
+            srs_policy = load_srs_policy(new)
+        except ValueError as exc:
             log.error("reload refused: %s", exc)
             return
         fixed = ("socket", "user", "group", "socket_mode", "socket_group", "pid_file", "log_destination",
