@@ -29,7 +29,8 @@ from typing import Iterable, NamedTuple, Optional
 from .text import clean
 
 RESULTS = frozenset(("Pass", "Fail", "Softfail", "Neutral", "None", "PermError", "TempError"))
-ACTIONS = frozenset(("accept", "reject", "defer", "would-reject", "would-defer", "aborted", "accept-exempt"))
+ACTIONS = frozenset(("accept", "reject", "defer", "would-reject", "would-defer", "aborted", "accept-exempt",
+                     "accept-dkim"))
 WOULD_REFUSE = frozenset(("would-reject", "would-defer"))
 REFUSED = frozenset(("reject", "defer"))
 DISPLAY_LIMIT = 64  # characters of a domain or HELO name shown in a table cell
@@ -279,6 +280,7 @@ def sections(summary: Summary, top: int) -> list[Section]:
         ("  reject", actions["reject"], of_checked(actions["reject"])),
         ("  defer", actions["defer"], of_checked(actions["defer"])),
         ("accepted for an exempt recipient", actions["accept-exempt"], of_checked(actions["accept-exempt"])),
+        ("accepted: SPF fail spared by aligned DKIM", actions["accept-dkim"], of_checked(actions["accept-dkim"])),
         ("aborted before the end of the message", actions["aborted"], of_checked(actions["aborted"])),
         ("skipped (trusted client)", summary.skipped, ""),
         ("unparsed lines", summary.unparsed, ""),

@@ -439,3 +439,19 @@ def test_unwritable_html_exits_2(tmp_path, capsys):
     args = parse_args(["report", str(tmp_path / "good.log"), "--html", str(tmp_path / "no" / "r.html")])
     assert run(args, io.StringIO()) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["accept", "reject", "defer", "would-reject", "would-defer", "aborted",
+                                    "accept-exempt", "accept-dkim"])
+def test_every_action_the_milter_logs_is_understood(action):
+    line = (f"Nov 23 16:02:07 mx spfmilter[1]: Fail; identity=mailfrom; client-ip=192.0.2.7; helo=h.example; "
+            f"envelope-from=a@fail.example; receiver=mx.test; action={action}")
+    record = parse_line(line)
+    assert record is not None and not record.error, (action, record)
+
+
+def test_dkim_spared_messages_have_their_own_total():
+    lines = [f"Nov 23 16:02:0{n} mx spfmilter[1]: Fail; identity=mailfrom; client-ip=192.0.2.7; helo=h.example; "
+             f"envelope-from=a{n}@fail.example; receiver=mx.test; action=accept-dkim" for n in range(3)]
+    text = render_text(summarise(parse_line(line) for line in lines), 5)
+    assert re.search(r"accepted: SPF fail spared by aligned DKIM\s+3\s+100\.0%", text), text
