@@ -94,6 +94,8 @@ def rcpt_srs(policy: SrsPolicy, sender: str, trusted: bool, recipient: str,
 
     * An SRS address in our SRS domain is reversed, or refused with 550 5.1.1 if its
       signature or age is wrong (we must never relay on an address we did not sign).
+      Any other address in a dedicated SRS domain (one not in local_domains) is refused
+      too, postmaster@ aside (RFC 5321 section 4.5.1): it has no mailboxes.
     * Otherwise the recipient needs the rewritten sender (forwarded) or not.  One
       transaction has one envelope sender: a recipient that needs the other kind than
       the first accepted one gets 452 4.5.3, so the client sends it in a new transaction
@@ -101,7 +103,14 @@ def rcpt_srs(policy: SrsPolicy, sender: str, trusted: bool, recipient: str,
     """
     address = bare_address(recipient)
     local, at, domain = address.rpartition("@")
-    if at and domain.lower().rstrip(".") == policy.domain.lower() and srs_tag(local):
+    in_srs_domain = bool(at) and domain.lower().rstrip(".") == policy.domain.lower()
+    if in_srs_domain and not srs_tag(local) and policy.domain.lower() not in policy.local_domains \
+            and local.lower() != "postmaster":
+        # A dedicated SRS domain has no mailboxes: the MTA accepts any address there
+        # (relay_domains), so anything but an SRS address would be relayed back to us.
+        return RcptSrs(code=550, xcode="5.1.1", reason="not-srs",
+                       text="No such mailbox: this domain only receives bounces to SRS addresses")
+    if in_srs_domain and srs_tag(local):
         try:
             original = reverse(address, policy.keys, now)
         except SrsError as exc:

@@ -87,8 +87,14 @@ def test_reverse_and_refusals():
     # someone else's SRS address, and a plain address in the SRS domain, are not ours to judge
     other = rcpt_srs(POLICY, "", False, "<SRS0=AAAA=AA=example.com=bob@other.example>", None, NOW)
     assert not other.refuses and other.original == ""
-    plain = rcpt_srs(POLICY, "", False, "<postmaster@srs.mx.test>", None, NOW)
-    assert not plain.refuses and plain.original == ""
+    postmaster = rcpt_srs(POLICY, "", False, "<postmaster@srs.mx.test>", None, NOW)
+    assert not postmaster.refuses and postmaster.original == ""
+    # any other address in a dedicated SRS domain would only be relayed back to us
+    nobody = rcpt_srs(POLICY, "", False, "<alice@srs.mx.test>", None, NOW)
+    assert (nobody.code, nobody.xcode, nobody.reason) == (550, "5.1.1", "not-srs")
+    # an SRS domain that is also a local domain keeps its mailboxes
+    shared = SrsPolicy("mx.test", KEYS, frozenset({"mx.test"}))
+    assert not rcpt_srs(shared, "", False, "<alice@mx.test>", None, NOW).refuses
 
 
 def test_a_reversed_bounce_in_a_forwarding_transaction_is_retried():
