@@ -79,7 +79,8 @@ def test_sighup_reloads_for_new_connections_and_keeps_open_ones(start_milter, wo
     Runs as nobody, where libmilter would unlink the socket path if the old worker stopped
     through libmilter: the path must still be there afterwards.
     """
-    from tests.milter.test_sessions import CLIENT_IP, _children
+    from tests.milter.test_sessions import CLIENT_IP
+    from tests.support.procs import children
 
     nobody = pwd.getpwnam("nobody")
     base = tempfile.mkdtemp(prefix="spfmilter-reload-")
@@ -103,7 +104,7 @@ def test_sighup_reloads_for_new_connections_and_keeps_open_ones(start_milter, wo
     request.addfinalizer(cleanup)
     sock = Path(milter.addr)
     config_text = milter.config_path.read_text()
-    old_workers = _children(milter.proc.pid)
+    old_workers = children(milter.proc.pid)
     assert len(old_workers) == 1
     # a session in flight on the old configuration
     client = milter.client(timeout=5)
@@ -128,9 +129,9 @@ def test_sighup_reloads_for_new_connections_and_keeps_open_ones(start_milter, wo
     client.quit()
     assert reply.action == "continue" and [m[2] for m in mods] == ["Authentication-Results"]
     # the old worker leaves; the socket path still works afterwards
-    while old_workers[0] in _children(milter.proc.pid) and time.monotonic() < deadline + 20:
+    while old_workers[0] in children(milter.proc.pid) and time.monotonic() < deadline + 20:
         time.sleep(0.05)
-    assert old_workers[0] not in _children(milter.proc.pid)
+    assert old_workers[0] not in children(milter.proc.pid)
     assert sock.exists()
     _, mods, _ = run(milter, sender="<a@pass.example>")
     assert len(mods) == 3

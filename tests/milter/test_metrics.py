@@ -9,9 +9,10 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.milter.test_sessions import _children, run, zones
+from tests.milter.test_sessions import run, zones
 from tests.support.milterclient import wait_ready
 from tests.support.postfix import free_port
+from tests.support.procs import children
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +35,13 @@ def test_counts_add_up_across_worker_processes(start_milter, world):
     port = free_port()
     milter = start_milter(f"metrics_listen = 127.0.0.1:{port}\nworkers = 1\nmode = enforce", fresh=True)
     plan = {"pass": 12, "fail": 7, "softfail": 5}
-    [first] = _children(milter.proc.pid)
+    [first] = children(milter.proc.pid)
     for domain, count in plan.items():
         for _ in range(count // 2):
             run(milter, sender=f"<a@{domain}.example>")
     os.kill(first, signal.SIGKILL)
     deadline = time.monotonic() + 20
-    while not [pid for pid in _children(milter.proc.pid) if pid != first]:
+    while not [pid for pid in children(milter.proc.pid) if pid != first]:
         assert time.monotonic() < deadline, "no replacement worker"
         time.sleep(0.05)
     wait_ready(milter.addr, timeout=20)

@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.dnsserver import DNSServer
 from tests.support.milterclient import MilterClient, MilterClosed
+from tests.support.procs import children
 
 # A stage that does not refuse: answered "continue", not answered (no-reply stage), or not
 # sent at all (header-only mode asks the MTA to skip RCPT).
@@ -462,22 +463,9 @@ def test_unix_socket_client_is_local_and_unknown_family_is_checked(milter):
     assert "problem=\"client IP address unknown\"" in milter.log_lines("identity=mailfrom")[-1]
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except OSError:
-                pass
-    return out
-
-
 def test_worker_processes_share_the_socket_and_a_dead_worker_is_replaced(start_milter, world):
     milter = start_milter("workers = 2", fresh=True)
-    workers = _children(milter.proc.pid)
+    workers = children(milter.proc.pid)
     assert len(workers) == 2
     for _ in range(6):  # sessions are served whichever worker accepts them
         _, mods, _ = run(milter, sender="<a@fail.example>")
@@ -486,11 +474,11 @@ def test_worker_processes_share_the_socket_and_a_dead_worker_is_replaced(start_m
     # the supervisor notices and starts a replacement (bounded wait, no fixed sleep)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        now = _children(milter.proc.pid)
+        now = children(milter.proc.pid)
         if len(now) == 2 and workers[0] not in now:
             break
         time.sleep(0.05)
-    assert len(_children(milter.proc.pid)) == 2 and workers[0] not in _children(milter.proc.pid)
+    assert len(children(milter.proc.pid)) == 2 and workers[0] not in children(milter.proc.pid)
     assert "exited unexpectedly" in milter.logs() and "restarting worker 0" in milter.logs()
     for _ in range(4):
         _, mods, _ = run(milter, sender="<a@pass.example>")

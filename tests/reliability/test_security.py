@@ -25,8 +25,9 @@ import pytest
 
 from spfmilter.srs import BASE32, DAY, SrsKeys, forward, timestamp
 from tests.conftest import launch_milter
-from tests.milter.test_sessions import CLIENT_IP, _children, ar_results, run, zones
+from tests.milter.test_sessions import CLIENT_IP, ar_results, run, zones
 from tests.reliability.figures import record
+from tests.support.procs import children
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "security-test-secret-9876"
@@ -240,7 +241,7 @@ def test_privileges_are_dropped_and_the_daemon_cannot_write_its_config_or_secret
                                f"srs_domain = {SRS_DOMAIN}\nsrs_secrets_file = {secrets}", world.port)
         try:
             os.chmod(milter.config_path, 0o644)  # as /etc/spfmilter/spfmilter.conf: root-owned
-            procs = [milter.proc.pid] + _children(milter.proc.pid)
+            procs = [milter.proc.pid] + children(milter.proc.pid)
             creds = [_credentials(pid) for pid in procs]
             writable = {str(path): any(_can_write_as(*c, str(path)) for c in creds)
                         for path in (milter.config_path, secrets)}

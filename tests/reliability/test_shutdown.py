@@ -38,6 +38,7 @@ from tests.support.milterclient import (
     MilterError,
     MilterTimeout,
 )
+from tests.support.procs import children
 
 CLIENTS = 16
 WARMUP_SESSIONS = 10 * CLIENTS  # free-running sessions before the clients stop mid-session
@@ -53,19 +54,6 @@ def world(dns_server):
     world = generate(n_domains=60, n_helos=40, seed=5)
     world.apply(dns_server)
     return world
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except OSError:
-                pass
-    return out
 
 
 def _wait(condition, timeout: float, what: str, proc=None) -> None:
@@ -242,7 +230,7 @@ def _describe(attempts: list) -> list:
 
 def test_sigterm_under_load_finishes_sessions_in_flight_and_refuses_new_ones(start_milter, world):
     milter = start_milter("trusted_networks =", fresh=True)
-    [worker] = _children(milter.proc.pid)
+    [worker] = children(milter.proc.pid)
     load = Load(milter, world.cases)
     load.start()
     try:
@@ -299,7 +287,7 @@ def test_sigterm_under_load_finishes_sessions_in_flight_and_refuses_new_ones(sta
 
 def test_sighup_reload_under_load_loses_nothing(start_milter, world):
     milter = start_milter("trusted_networks =", fresh=True)
-    [old_worker] = _children(milter.proc.pid)
+    [old_worker] = children(milter.proc.pid)
     load = Load(milter, world.cases)
     load.start()
     try:
@@ -324,7 +312,7 @@ def test_sighup_reload_under_load_loses_nothing(start_milter, world):
     after = [a for a in attempts if a.started > old_gone]
     new_config = [a for a in after if a.outcome == "ok" and a.authserv_id == NEW_ID]
     failed = [a for a in attempts if a.outcome != "ok"]
-    workers = _children(milter.proc.pid)
+    workers = children(milter.proc.pid)
     record("reload", in_flight=len(in_flight), completed=len(completed), lost=len(in_flight) - len(completed),
            sessions=len(attempts), failed=len(failed), after_reload=len(after), new_config=len(new_config),
            seconds_to_old_worker_exit=round(old_gone - signalled, 2))

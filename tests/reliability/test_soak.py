@@ -19,6 +19,7 @@ import pytest
 from bench.loadclient import run_load
 from bench.zones import generate
 from tests.reliability.figures import long_run, record, size
+from tests.support.procs import children
 
 SESSIONS = size(36_000, 100_000)
 CONCURRENCY = 32
@@ -45,19 +46,6 @@ THREAD_SLACK = 0
 RSS_SLACK_KB_SHORT = 4 * 1024
 RSS_GROWTH_LONG = 0.10
 SETTLE_TIMEOUT = 15.0
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except OSError:
-                pass
-    return out
 
 
 def _sample(pid: int) -> dict:
@@ -105,7 +93,7 @@ def _load(addr, cases, sessions: int):
 
 def test_soak_every_answer_right_and_no_leak(start_milter, world):
     milter = start_milter("trusted_networks =", fresh=True)
-    [worker] = _children(milter.proc.pid)
+    [worker] = children(milter.proc.pid)
     cases = world.cases
     # at least one pass over every case, so the DNS cache is full before the first sample
     warm_sessions = max(int(SESSIONS * WARMUP_FRACTION), len(cases))
@@ -134,6 +122,6 @@ def test_soak_every_answer_right_and_no_leak(start_milter, world):
         assert end["rss_kb"] <= first["rss_kb"] * (1 + RSS_GROWTH_LONG), (first, end)
     else:
         assert end["rss_kb"] <= first["rss_kb"] + RSS_SLACK_KB_SHORT, (first, end)
-    assert _children(milter.proc.pid) == [worker]  # the same worker served it all
+    assert children(milter.proc.pid) == [worker]  # the same worker served it all
     assert milter.proc.poll() is None
     assert "Traceback" not in milter.full_log()

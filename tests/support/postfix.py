@@ -70,6 +70,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.procs import children
+
 __all__ = [
     "PostfixError", "PostfixInstance", "Reply", "SendResult", "find_tool", "free_port", "pid_alive",
     "postfix_available", "postfix_path", "postfix_version", "smtp_sink_path", "smtp_source_path",
@@ -253,26 +255,6 @@ def pid_alive(pid: int) -> bool:
             return True
         return True
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc)."""
-    out = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            out.append(int(entry))
-    return out
 
 
 @dataclass(frozen=True)
@@ -751,7 +733,7 @@ class PostfixInstance(SmtpSubmitter):
         pid = self.master_pid
         if pid is None or not pid_alive(pid):
             return []
-        return [pid] + [child for child in _children(pid) if pid_alive(child)]
+        return [pid] + [child for child in children(pid) if pid_alive(child)]
 
     @property
     def running(self) -> bool:
@@ -765,7 +747,7 @@ class PostfixInstance(SmtpSubmitter):
         if pid is None or not pid_alive(pid):
             self.master_pid = None
             return
-        waiting = [pid] + _children(pid)
+        waiting = [pid] + children(pid)
         self._cmd("postfix", "stop", check=False, timeout=timeout)
         deadline = time.monotonic() + timeout
         while any(pid_alive(p) for p in waiting):
