@@ -9,21 +9,12 @@ import time
 from dataclasses import dataclass, field
 
 from tests.support.postfix import free_port  # noqa: F401 - one helper for the bench and the tests
+from tests.support.procs import child_map
 
 
 def tree(pid: int) -> list[int]:
     """``pid`` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+    children = child_map()
     out, todo = [], [pid]
     while todo:
         current = todo.pop()

@@ -1,12 +1,12 @@
-"""Process helpers for tests: the direct children of a process (the milter's workers, Postfix's daemons)."""
+"""Process helpers for tests and the benchmark: who is whose child (from /proc)."""
 from __future__ import annotations
 
 import os
 
 
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid``, from /proc."""
-    out = []
+def child_map() -> dict[int, list[int]]:
+    """{parent pid: [child pids]} of every process visible in /proc."""
+    out: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -19,6 +19,10 @@ def children(pid: int) -> list[int]:
                 stat = handle.read().decode(errors="replace")
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            out.append(int(entry))
+        out.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
     return out
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid``."""
+    return child_map().get(pid, [])
