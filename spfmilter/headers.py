@@ -14,7 +14,7 @@ import authres
 
 from .config import Config, HeaderType, is_hostname
 from .policy import Facts
-from .text import clean, comment_text, fold, is_dot_atom, quoted_string
+from .text import clean, clip_address, comment_text, fold, is_dot_atom, log_address, log_value, quoted_string
 from .verify import Identity, SpfOutcome, SpfResult
 
 AR_NAME = "Authentication-Results"
@@ -57,9 +57,10 @@ def _pvalue(text: str) -> str:
     """A property value authres will emit safely (RFC 8601 section 2.2 ``pvalue``).
 
     authres quotes values without '@' itself but passes values containing '@'
-    through untouched, so those are made well-formed here.
+    through untouched, so those are made well-formed here.  A long address loses
+    part of its local part, never of its domain (:func:`~spfmilter.text.clip_address`).
     """
-    value = _ascii(text)
+    value = _ascii(clip_address(text))
     if "@" not in value:
         return value
     local, _, domain = value.rpartition("@")
@@ -110,7 +111,7 @@ def received_spf(outcome: SpfOutcome, facts: Facts, config: Config) -> str:
     pairs = [
         _kv("receiver", config.receiver),
         _kv("client-ip", facts.client_ip or "unknown"),
-        _kv("envelope-from", facts.sender if facts.sender else ""),
+        _kv("envelope-from", clip_address(facts.sender)),
         _kv("helo", facts.helo or ""),
         _kv("identity", outcome.identity.value),
     ]
@@ -183,29 +184,88 @@ def _same_host(a: str, b: str) -> bool:
 
 
 def authserv_id_of(value: str) -> Optional[str]:
-    """The authserv-id an Authentication-Results value claims, or None if it has none."""
+    """The authserv-id an Authentication-Results value claims, read strictly (RFC 8601
+    section 2.2), or None if it has none."""
     text = _strip_comments(re.sub(r"[\r\n]", "", value)).strip()
     match = re.match(r'"(?:[^"\\]|\\.)*"|[^\s;]+', text)
     return _unquote(match.group(0)) if match else None
 
 
+# Characters that can continue a host name label: our id followed by one of these (after
+# any dots) is another name ("mx.example.com.evil", "mx.example.com-x").
+_LABEL_CHAR = re.compile(r"[a-z0-9_-]")
+
+
+def _lenient_readings(text: str) -> list[str]:
+    """What a lenient parser may take for the host name at the start of ``text``.
+
+    The parsers downstream that matter most (OpenDMARC's and OpenDKIM's A-R parser) split
+    the value into tokens at ``. ; =`` and white space, drop quotes and backslash escapes,
+    skip comments and glue the tokens before the first ``;`` back together.  So both the
+    whole head with white space, quotes and escapes removed and each white-space separated
+    word of it are candidates.  An unterminated comment or quoted-string makes the value
+    unparseable: then the parentheses are simply dropped, which errs towards "ours".
+    """
+    text = re.sub(r"[\r\n]", "", text)
+    stripped = _strip_comments(text)
+    if stripped.count("(") != stripped.count(")") or _open_comment(text):
+        stripped = text.replace("(", " ").replace(")", " ")
+    plain = re.sub(r"\\(.)", r"\1", stripped).replace("\\", "").replace('"', "")
+    head = plain.split(";", 1)[0].lower()
+    return [re.sub(r"\s+", "", head), *head.split()]
+
+
+def _open_comment(text: str) -> bool:
+    """Whether a comment is still open at the end of ``text`` (then it cannot be parsed)."""
+    depth = 0
+    in_quote = False
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == '"' and not depth:
+            in_quote = not in_quote
+        elif char == "(" and not in_quote:
+            depth += 1
+        elif char == ")" and not in_quote and depth:
+            depth -= 1
+        index += 1
+    return depth > 0
+
+
+def _claims(text: str, host: str) -> bool:
+    """Whether a lenient reader could take the head of ``text`` for ``host``."""
+    ours = host.strip().rstrip(".").lower()
+    return bool(ours) and any(
+        candidate.startswith(ours) and not _LABEL_CHAR.match(candidate[len(ours):].lstrip("."))
+        for candidate in _lenient_readings(text))
+
+
 def is_forged_authentication_results(value: str, config: Config) -> bool:
-    """RFC 8601 section 5: an A-R header already carrying our authserv-id is forged."""
-    claimed = authserv_id_of(value)
-    return claimed is not None and _same_host(claimed, config.authserv_id)
+    """RFC 8601 section 5: an A-R header already carrying our authserv-id is forged.
+
+    "Carrying" is judged as the most lenient consumer would (see :func:`_lenient_readings`):
+    ``"mx".example.com``, ``mx\\.example.com``, ``mx .example.com`` and ``MX.EXAMPLE.COM.``
+    all count, ``mx.example.com.evil`` and ``xmx.example.com`` do not.
+    """
+    return _claims(value, config.authserv_id)
 
 
 # A quoted-string is matched (and skipped) as a whole, so "receiver=" inside another
 # key's value (helo="x receiver=mx.test", chosen by the client) is not taken for the key
 # (RFC 7208 section 9.1: a key-value-pair's value is a dot-atom or a quoted-string).
-_RECEIVER = re.compile(
-    r'"(?:[^"\\]|\\.)*"|(?:^|(?<=[\s;]))receiver\s*=\s*("(?:[^"\\]|\\.)*"|[^\s;]+)', re.IGNORECASE)
+_RECEIVER = re.compile(r'"(?:[^"\\]|\\.)*"|(?:^|(?<=[\s;]))receiver\s*=', re.IGNORECASE)
 
 
 def is_forged_received_spf(value: str, config: Config) -> bool:
-    """A Received-SPF header claiming our receiver= was not written by us for this message."""
+    """A Received-SPF header claiming our receiver= was not written by us for this message.
+
+    The value after ``receiver=`` is read as leniently as an A-R authserv-id is.
+    """
     text = _strip_comments(re.sub(r"[\r\n]", "", value))
-    return any(m.group(1) is not None and _same_host(_unquote(m.group(1)), config.receiver)
+    return any(not m.group(0).startswith('"') and _claims(text[m.end():], config.receiver)
                for m in _RECEIVER.finditer(text))
 
 
@@ -220,34 +280,26 @@ def is_forged(name: str, value: str, config: Config) -> bool:
 
 # --------------------------------------------------------------------------- log line
 
-_LOG_SAFE = re.compile(r"^[A-Za-z0-9._@+=:/\[\]<>!#$%&'*^`{|}~?-]+$")
-
-
-def _log_value(value: str) -> str:
-    text = clean(value)
-    return text if _LOG_SAFE.match(text) else quoted_string(text)
-
-
 def log_line(outcome: SpfOutcome, facts: Facts, config: Config, action: str,
              reply: str = "") -> str:
     """One line per verified identity, in the shape policyd-spf users grep for."""
     parts = [
         outcome.result.title,
         f"identity={outcome.identity.value}",
-        f"client-ip={_log_value(facts.client_ip or 'unknown')}",
-        f"helo={_log_value(facts.helo or '')}",
-        f"envelope-from={_log_value(facts.sender or '<>')}",
-        f"receiver={_log_value(config.receiver)}",
+        f"client-ip={log_value(facts.client_ip or 'unknown')}",
+        f"helo={log_value(facts.helo or '')}",
+        f"envelope-from={log_address(facts.sender or '<>')}",
+        f"receiver={log_value(config.receiver)}",
     ]
     if outcome.mechanism:
-        parts.append(f"mechanism={_log_value(outcome.mechanism)}")
+        parts.append(f"mechanism={log_value(outcome.mechanism)}")
     if outcome.problem:
-        parts.append(f"problem={_log_value(outcome.problem)}")
+        parts.append(f"problem={log_value(outcome.problem)}")
     parts.append(f"action={action}")
     if reply:
         parts.append(f"reply={quoted_string(clean(reply, 512))}")
     if facts.queue_id:
-        parts.append(f"queue-id={_log_value(facts.queue_id)}")
+        parts.append(f"queue-id={log_value(facts.queue_id)}")
     return "; ".join(parts)
 
 
@@ -255,12 +307,12 @@ def skip_line(why: str, facts: Facts) -> str:
     """The log line for a transaction that was not checked (trusted or authenticated client)."""
     parts = [
         "None",
-        f"skipped={_log_value(why)}",
-        f"client-ip={_log_value(facts.client_ip or 'local')}",
-        f"helo={_log_value(facts.helo or '')}",
-        f"envelope-from={_log_value(facts.sender or '<>')}",
+        f"skipped={log_value(why)}",
+        f"client-ip={log_value(facts.client_ip or 'local')}",
+        f"helo={log_value(facts.helo or '')}",
+        f"envelope-from={log_address(facts.sender or '<>')}",
         "action=accept",
     ]
     if facts.queue_id:
-        parts.append(f"queue-id={_log_value(facts.queue_id)}")
+        parts.append(f"queue-id={log_value(facts.queue_id)}")
     return "; ".join(parts)

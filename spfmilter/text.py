@@ -39,6 +39,39 @@ def clean(text: object, limit: int = VALUE_LIMIT) -> str:
     return result
 
 
+def clip_address(text: object, limit: int = VALUE_LIMIT) -> str:
+    """:func:`clean` for an address: when it is too long, only the local part is shortened.
+
+    The domain is what a reader (and ``spfmilter report``) files a message under, so it is
+    never cut while it fits: shortening ``"aaa...@bank.example"@attacker.example`` at the end
+    would show ``bank.example`` as the sender's domain.  The split is at the last '@', as the
+    domain of an address is (RFC 5321 section 4.1.2).
+    """
+    value = clean(text, 1 << 20)  # cut below, where the domain is known
+    if len(value) <= limit:
+        return value
+    local, at, domain = value.rpartition("@")
+    if not at or len(domain) > limit - 4:
+        return clean(value, limit)  # no domain to keep (or not one that fits): plain cut
+    return local[: limit - len(domain) - 4] + "...@" + domain
+
+
+def log_value(value: object, limit: int = VALUE_LIMIT) -> str:
+    """A field value for a log line: printable, bounded, and quoted unless it is one plain token,
+    so a value can never add or fake a ``; key=value`` field of its own."""
+    text = clean(value, limit)
+    return text if _LOG_SAFE.match(text) else quoted_string(text)
+
+
+def log_address(value: object, limit: int = VALUE_LIMIT) -> str:
+    """:func:`log_value` for an address (see :func:`clip_address`)."""
+    text = clip_address(value, limit)
+    return text if _LOG_SAFE.match(text) else quoted_string(text)
+
+
+_LOG_SAFE = re.compile(r"^[A-Za-z0-9._@+=:/\[\]<>!#$%&'*^`{|}~?-]+$")
+
+
 def reply_text(text: str, limit: int = REPLY_TEXT_LIMIT) -> str:
     """Text for an SMTP reply: printable ASCII only, no '%' (libmilter treats it specially)."""
     ascii_text = "".join(c if 32 <= ord(c) < 127 else "?" for c in clean(text, limit * 2))

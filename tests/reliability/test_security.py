@@ -27,6 +27,7 @@ from spfmilter.srs import BASE32, DAY, SrsKeys, forward, timestamp
 from tests.conftest import launch_milter
 from tests.milter.test_sessions import CLIENT_IP, ar_results, run, zones
 from tests.reliability.figures import record
+from tests.support import spellings
 from tests.support.procs import children
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +98,26 @@ def test_forged_headers_are_removed_in_every_variant(start_milter, world):
     record("forged_headers", variants=len(variants), forged=forged_total, foreign=len(variants) - forged_total,
            messages=messages, wrong=failures)
     assert failures == 0
+
+
+def test_every_lenient_spelling_of_our_id_is_removed_and_foreign_ones_kept(start_milter, world):
+    """The adversarial review's table (tests/support/spellings.py) through the socket: every
+    spelling a lenient A-R parser reads as our authserv-id (mx.test here) is deleted, every
+    foreign or near-miss id stays."""
+    milter = start_milter()
+    cases = ([("Authentication-Results", spellings.spell(t, "mx.test"), True) for t in spellings.HOSTILE]
+             + [("Authentication-Results", spellings.spell(t, "mx.test"), False) for t in spellings.FOREIGN]
+             + [("Received-SPF", spellings.spell(t, "mx.test"), True) for t in spellings.RECEIVER_HOSTILE]
+             + [("Received-SPF", spellings.spell(t, "mx.test"), False) for t in spellings.RECEIVER_FOREIGN])
+    wrong = []
+    for name, value, forged in cases:
+        _, mods, _ = run(milter, sender="<x@fail.example>", headers=[("Subject", "s"), (name, value)])
+        deleted = [m for m in mods if m[0] == "chgheader" and m[3] == ""]
+        if bool(deleted) is not forged or (forged and deleted[0][1:3] != (1, name)):
+            wrong.append((name, value, forged, deleted))
+    record("forged_spellings", hostile=sum(1 for c in cases if c[2]), foreign=sum(1 for c in cases if not c[2]),
+           wrong=len(wrong))
+    assert wrong == []
 
 
 # ---------------------------------------------------------------- forged SRS bounces

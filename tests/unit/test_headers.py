@@ -25,6 +25,7 @@ from spfmilter.headers import (
 from spfmilter.policy import Facts
 from spfmilter.text import clean
 from spfmilter.verify import Identity, SpfOutcome, SpfResult
+from tests.support import spellings
 
 IP = "192.0.2.1"
 HELO = "mail.example.net"
@@ -535,3 +536,30 @@ def test_skip_line(why, facts, expected):
     line = skip_line(why, facts)
     assert line == expected
     assert [f.split("=", 1)[0] for f in split_log_line(line)][-1] in ("action", "queue-id")
+
+
+# The spellings an adversarial review found (tests/support/spellings.py), for the id in the
+# issue (mx.example.com) and for the short one the other tests use.
+@pytest.mark.parametrize("our_id", ["mx.example.com", "mx.test"])
+@pytest.mark.parametrize("template", spellings.HOSTILE)
+def test_every_lenient_spelling_of_our_authserv_id_is_forged(template, our_id):
+    value = spellings.spell(template, our_id)
+    assert is_forged(AR_NAME, value, config_for(our_id)), value
+
+
+@pytest.mark.parametrize("our_id", ["mx.example.com", "mx.test"])
+@pytest.mark.parametrize("template", spellings.FOREIGN)
+def test_foreign_and_near_miss_authserv_ids_are_kept(template, our_id):
+    value = spellings.spell(template, our_id)
+    assert not is_forged(AR_NAME, value, config_for(our_id)), value
+
+
+@pytest.mark.parametrize("template, forged", [(t, True) for t in spellings.RECEIVER_HOSTILE]
+                         + [(t, False) for t in spellings.RECEIVER_FOREIGN])
+def test_received_spf_receiver_is_read_as_leniently(template, forged):
+    value = spellings.spell(template, "mx.example.com")
+    assert is_forged(RSPF_NAME, value, config_for("mx.example.com")) is forged, value
+
+
+def config_for(our_id: str):
+    return parse_text(f"authserv_id = {our_id}\n")
