@@ -34,11 +34,11 @@ from .config import Config, ErrorAction, FailHold
 from .dns import DnsClient, DnsTempError
 from .metrics import NO_METRICS, Metrics
 from .policy import (Action, Evaluation, Facts, enforcement_possible, evaluate, held_for_dkim, rcpt_reply,
-                     spared)
+                     removes_forged_headers, spared)
 from .srs import SrsError
 from .srs import forward as srs_forward
 from .srspolicy import Kind, SrsPolicy, rcpt_srs
-from .text import clean
+from .text import clean, log_address, log_value
 from .verify import Verifier, normalise_ip, parse_envelope_address
 
 log = logging.getLogger("spfmilter")
@@ -91,6 +91,7 @@ class _Transaction:
     srs_kind: Optional[Kind] = None  # fixed by the first accepted recipient
     reversed: list = field(default_factory=list)  # (SRS recipient as given, original address)
     rcpt_seen: bool = False
+    strips_forged: bool = True  # headers claiming to be ours are removed (all but trusted networks)
     spared: bool = False  # a recipient got it although enforcement would have refused it
     hold: Optional[bool] = None  # spf_fail_hold: True = held recipients, False = free ones (first decides)
     raw_headers: list = field(default_factory=list)  # (name, value) of a held message
@@ -108,11 +109,6 @@ class _Transaction:
     @property
     def checked(self) -> bool:
         return self.evaluation.outcomes is not None
-
-
-def hdr_value(text: str) -> str:
-    """Untrusted text for a log line: printable, bounded."""
-    return clean(text, 256)
 
 
 def _guarded(stage: str, replies: bool):
@@ -241,7 +237,8 @@ class SpfMilter(Milter.Base):
             local=self._local,
         )
         started = time.monotonic()
-        self._tx = _Transaction(evaluate(facts, self.config, self._verifier.verify))
+        self._tx = _Transaction(evaluate(facts, self.config, self._verifier.verify),
+                                strips_forged=removes_forged_headers(facts, self.config))
         metrics = self.service.metrics
         if self._tx.checked:
             metrics.check_seconds(time.monotonic() - started)
@@ -277,13 +274,14 @@ class SpfMilter(Milter.Base):
         return Milter.REJECT if reply.action is Action.REJECT else Milter.TEMPFAIL
 
     def _rcpt_srs(self, tx: _Transaction, recipient: str):
-        trusted = tx.evaluation.skip_reason is not None
+        # trusted networks, local clients and SASL logins keep a sender in our domains
+        trusted = tx.evaluation.skip_reason is not None or bool(tx.facts.auth_user)
         verdict = rcpt_srs(self._srs, tx.facts.sender, trusted, recipient, tx.srs_kind, time.time())
         if verdict.refuses:
             self.service.metrics.srs("refused" if verdict.code >= 500 else "retry-mixed")
             self.setreply(str(verdict.code), verdict.xcode, verdict.text)
             log.info("srs=refused; reason=%s; rcpt=%s; envelope-from=%s; %s", verdict.reason,
-                     hdr_value(recipient), hdr_value(tx.facts.sender), self._ident())
+                     log_address(recipient), log_address(tx.facts.sender or "<>"), self._ident())
             return Milter.REJECT if verdict.code >= 500 else Milter.TEMPFAIL
         tx.srs_kind = verdict.kind
         if verdict.original:
@@ -298,13 +296,13 @@ class SpfMilter(Milter.Base):
     @_guarded("header", replies=False)
     def header(self, name, value):
         tx = self._tx
-        if tx is None or not tx.checked:
+        if tx is None:
             return Milter.CONTINUE
         if tx.held and tx.body_size <= HOLD_MAX_BYTES:
             tx.raw_headers.append((name, value))
             tx.body_size += len(name) + len(value)
         key = name.strip().lower()
-        if key in (hdr.AR_NAME.lower(), hdr.RSPF_NAME.lower()):
+        if tx.strips_forged and key in (hdr.AR_NAME.lower(), hdr.RSPF_NAME.lower()):
             index = tx.header_counts[key] = tx.header_counts.get(key, 0) + 1
             if hdr.is_forged(name, value, self.config):
                 tx.forged.append((name, index))
@@ -331,13 +329,13 @@ class SpfMilter(Milter.Base):
                 return self._refuse_held(tx, verdict, dkim_results)
         if self._srs:
             self._apply_srs(tx)
-        if not tx.checked:
-            self._end_transaction("accept")
-            return Milter.CONTINUE
         # Remove forged copies first, bottom-up, so the indexes of the others stay valid.
         for name, index in sorted(tx.forged, key=lambda item: item[1], reverse=True):
             self.chgheader(name, index, "")
-            log.info("removed forged %s header #%d%s", name, index, self._queue_suffix())
+            log.info("removed forged %s header #%d%s", log_value(name, 64), index, self._queue_suffix())
+        if not tx.checked:
+            self._end_transaction("accept")
+            return Milter.CONTINUE
         action, note = "accept", None
         decision = tx.evaluation.decision
         if decision.refuses:
@@ -398,7 +396,7 @@ class SpfMilter(Milter.Base):
 
     def _refuse_held(self, tx: _Transaction, verdict: str, results) -> int:
         decision = tx.evaluation.decision
-        summary = ", ".join(f"{r.result}:{hdr_value(r.domain)}{'' if r.aligned else '(unaligned)'}"
+        summary = ", ".join(f"{r.result}:{log_value(r.domain)}{'' if r.aligned else '(unaligned)'}"
                             for r in results) or "no signature"
         if verdict == "defer":
             self.setreply("451", "4.4.3", "Temporary DNS failure checking the DKIM signature; please try again later")
@@ -434,20 +432,21 @@ class SpfMilter(Milter.Base):
             self.delrcpt(given)
             self.addrcpt(f"<{original}>")
             self.service.metrics.srs("reverse")
-            log.info("srs=reverse; rcpt=%s; to=%s%s", hdr_value(given), hdr_value(original), self._queue_suffix())
+            log.info("srs=reverse; rcpt=%s; to=%s%s", log_address(given), log_address(original), self._queue_suffix())
         if tx.srs_kind is not Kind.FORWARD:
             return
         sender = tx.facts.sender
         try:
             rewritten = srs_forward(sender, srs.domain, srs.keys, time.time())
         except SrsError as exc:
-            log.warning("srs=not-rewritten; envelope-from=%s; %s%s", hdr_value(sender), hdr_value(str(exc)),
+            log.warning("srs=not-rewritten; envelope-from=%s; problem=%s%s", log_address(sender), log_value(str(exc)),
                         self._queue_suffix())
             return
         if rewritten != sender:
             self.chgfrom(f"<{rewritten}>")
             self.service.metrics.srs("forward")
-            log.info("srs=forward; envelope-from=%s; to=%s%s", hdr_value(sender), rewritten, self._queue_suffix())
+            log.info("srs=forward; envelope-from=%s; to=%s%s", log_address(sender), log_address(rewritten),
+                     self._queue_suffix())
 
     def _error_reply(self):
         if self.config.on_error is ErrorAction.ACCEPT:
@@ -493,10 +492,10 @@ class SpfMilter(Milter.Base):
                 tx.evaluation = replace(tx.evaluation, facts=replace(tx.facts, queue_id=self._queue_id))
 
     def _queue_suffix(self) -> str:
-        return f" queue-id={self._queue_id}" if self._queue_id else ""
+        return f" queue-id={log_value(self._queue_id)}" if self._queue_id else ""
 
     def _ident(self) -> str:
-        return f"client-ip={self._client_ip or 'unknown'}{self._queue_suffix()}"
+        return f"client-ip={log_value(self._client_ip or 'unknown')}{self._queue_suffix()}"
 
     def _log_outcomes(self, tx: _Transaction, action: str, reply: str = "") -> None:
         tx.logged = True

@@ -50,21 +50,40 @@ class Decision:
 ACCEPT = Decision(Action.ACCEPT)
 
 
+def trusted_network(facts: Facts, config: Config):
+    """The ``trusted_networks`` entry the client is in, or None."""
+    try:
+        address = ipaddress.ip_address(facts.client_ip) if facts.client_ip else None
+    except ValueError:
+        return None
+    if address is not None:
+        for network in config.trusted_networks:
+            if address.version == network.version and address in network:
+                return network
+    return None
+
+
 def trust_reason(facts: Facts, config: Config) -> Optional[str]:
     """Why this client is not checked, or None when it must be."""
     if facts.local:
         return "local client"
-    try:
-        address = ipaddress.ip_address(facts.client_ip) if facts.client_ip else None
-    except ValueError:
-        address = None
-    if address is not None:
-        for network in config.trusted_networks:
-            if address.version == network.version and address in network:
-                return f"trusted network {network}"
+    network = trusted_network(facts, config)
+    if network is not None:
+        return f"trusted network {network}"
     if config.trust_authenticated and facts.auth_user:
         return "authenticated sender"
     return None
+
+
+def removes_forged_headers(facts: Facts, config: Config) -> bool:
+    """Whether headers claiming our authserv-id or receiver= are removed from this client's mail.
+
+    RFC 8601 section 5: always, also for clients whose SPF check is skipped -- a SASL user
+    or a local user is trusted to send, not to vouch for our results.  The exception is a
+    client in ``trusted_networks``: an internal relay (a content filter re-injecting mail,
+    a second stage of this host) may carry the headers this host added on the first pass.
+    """
+    return trusted_network(facts, config) is None
 
 
 def decide(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config) -> Decision:
@@ -146,14 +165,34 @@ def deciding_domain(evaluation: Evaluation) -> str:
     return (outcome.domain or "").lower().rstrip(".")
 
 
+def routed_anywhere(recipient: str) -> bool:
+    """Whether an address can reach a domain other than the one after its last '@'.
+
+    A local part holding '%' (the "percent hack"), '!' (a UUCP bang path) or '@' (a quoted
+    source route), or an address-literal domain (RFC 5321 section 4.1.3), is routed by the
+    MTA's own rules: Postfix, for one, delivers ``victim%b.test@a.test`` to victim@b.test
+    when a.test is local (its ``allow_percent_hack`` and ``swap_bangpath`` defaults).  Its
+    written domain says nothing about where it ends up.
+    """
+    address = parse_envelope_address(recipient)
+    domain = address.domain
+    return any(char in address.local for char in "%!@") or (domain.startswith("[") and domain.endswith("]")) \
+        or (not domain and "!" in address.text)
+
+
 def enforced_for(evaluation: Evaluation, recipient: str, config: Config) -> bool:
     """Whether a refusal is carried out for this recipient (staged rollout).
 
     ``header_only_senders`` spares a sender domain everywhere; ``enforce_domains`` and
-    ``header_only_domains`` override ``mode`` for the recipient's domain.
+    ``header_only_domains`` override ``mode`` for the recipient's domain.  A recipient that
+    can be routed to any domain (:func:`routed_anywhere`) is enforced whenever any
+    enforcement applies, so ``victim%enforced.example@header-only.example`` cannot slip
+    past ``enforce_domains``.
     """
     if deciding_domain(evaluation) in config.header_only_senders:
         return False
+    if routed_anywhere(recipient):
+        return enforcement_possible(config)
     domain = parse_envelope_address(recipient).domain.lower().rstrip(".")
     if domain in config.enforce_domains:
         return True
@@ -189,7 +228,7 @@ def not_enforced_reason(evaluation: Evaluation, recipient: str, config: Config) 
     if sender_domain in config.header_only_senders:
         return f"header_only_senders lists {sender_domain}"
     domain = parse_envelope_address(recipient).domain.lower().rstrip(".")
-    if domain in config.header_only_domains:
+    if domain in config.header_only_domains and not routed_anywhere(recipient):
         return f"header_only_domains lists {domain}"
     return "header-only mode"
 

@@ -11,8 +11,9 @@ aliases, so it has to be told:
   ``postmap`` compiles for ``virtual_alias_maps``.
 
 The envelope sender is rewritten when a message goes to a forwarded recipient, unless the
-sender is null, in one of our domains, in ``srs_exclude_domains``, or the client is trusted
-(trusted network, SASL login) and ``srs_rewrite_trusted`` is off.
+sender is null or in ``srs_exclude_domains``, or the client is trusted (trusted network,
+SASL login, local) and the sender is in one of our domains or ``srs_rewrite_trusted`` is
+off.  An untrusted client's sender in one of our domains is rewritten like any other.
 """
 from __future__ import annotations
 
@@ -43,10 +44,21 @@ class SrsPolicy:
         return domain == self.domain.lower() or domain in self.local_domains
 
     def sender_rewritable(self, sender: str, trusted: bool) -> bool:
-        if not sender or "@" not in sender or (trusted and not self.rewrite_trusted):
+        """Whether a forwarded message from ``sender`` gets an SRS sender.
+
+        ``trusted``: the client is in trusted_networks, logged in (SASL) or local.  Only such
+        a client keeps a sender in one of our domains: from anyone else, a local-domain
+        sender is as unproven as any other, and forwarding it unchanged would make the next
+        hop see our domain's SPF pass for it.
+        """
+        if not sender or "@" not in sender:
             return False
         domain = sender.rpartition("@")[2].lower().rstrip(".")
-        return not self.is_ours(domain) and domain not in self.exclude_domains
+        if domain in self.exclude_domains:
+            return False
+        if self.is_ours(domain):
+            return not trusted
+        return not trusted or self.rewrite_trusted
 
     def is_forwarded(self, recipient: str) -> bool:
         address = recipient.lower()

@@ -95,7 +95,6 @@ def test_relayed_and_catch_all_forwarded_recipients(milter, rcpt):
 
 @pytest.mark.parametrize("sender,rcpt,why", [
     ("<>", "<fwd@mx.test>", "null sender"),
-    ("<bob@mx.test>", "<fwd@mx.test>", "our own domain"),
     ("<bob@srs.mx.test>", "<fwd@mx.test>", "the SRS domain"),
     ("<alice@pass.example>", "<user@mx.test>", "delivered here"),
     ("<alice@pass.example>", "<list@mx.test>", "aliased to local mailboxes only"),
@@ -104,6 +103,13 @@ def test_no_rewrite(milter, sender, rcpt, why):
     replies, mods = session(milter, sender, [rcpt])
     assert replies[0].action == "continue", why
     assert srs_mods(mods) == [], why
+
+
+def test_our_own_domain_from_a_trusted_client_is_not_rewritten(milter):
+    # (from an untrusted client it is: tests/milter/test_review_fixes.py)
+    replies, mods = session(milter, "<bob@mx.test>", ["<fwd@mx.test>"], ip="127.0.0.1")
+    assert replies[0].action == "continue"
+    assert srs_mods(mods) == []
 
 
 def test_trusted_and_authenticated_clients_are_not_rewritten_unless_configured(start_milter, world, secrets_file,

@@ -17,6 +17,7 @@ if not _usable:
 
 from tests.conftest import launch_milter
 from tests.milter.test_sessions import zones
+from tests.reliability.figures import record
 from tests.mta.test_postfix_spfmilter import (CLIENT_IP, HELO, contrib_main_cf, contrib_spfmilter_conf, message,
                                               socket_directory, wait_for_marked)
 
@@ -61,3 +62,59 @@ def test_enforced_domain_refuses_the_other_gets_it_marked(site):
     assert mailfrom.reason.startswith("not enforced here; enforcement would refuse it with 550 5.7.23")
     print("--- delivered to the header-only domain ---\nAuthentication-Results: " + value)
     assert wait_for_marked(instance, "user@mx.test", marker, 1, timeout=1) == []
+
+
+# ---------------------------------------------------------------- %-hack and bang-path recipients
+
+ROUTED = ["victim%b.test@a.test", "b.test!victim@a.test"]
+
+
+@pytest.fixture(scope="module")
+def routed_site(dns_server, tmp_path_factory):
+    """Header-only overall, enforce_domains = b.test; a.test is Postfix's own mydestination (where
+    its allow_percent_hack and swap_bangpath defaults apply) and b.test a virtual domain."""
+    zones(dns_server)
+    directory = tmp_path_factory.mktemp("pf-routed")
+    socket_dir = socket_directory()
+    path = socket_dir / "spfmilter.sock"
+    config = contrib_spfmilter_conf(socket=f"unix:{path}", socket_group="postfix", user="nobody",
+                                    mode="header-only", authserv_id="mx.test", enforce_domains="b.test",
+                                    dns_servers=f"127.0.0.1:{dns_server.port}", log_level="debug")
+    milter = launch_milter(directory, "m", "", None, config_text=config)
+    settings = contrib_main_cf(f"unix:{path}")
+    instance = PostfixInstance(directory / "postfix", milters=settings.pop("smtpd_milters"),
+                               milter_default_action=settings.pop("milter_default_action"),
+                               mydestination=("b.test",), extra_main_cf={**settings, "mydestination": "a.test"})
+    instance.start()
+    yield instance, milter
+    instance.close()
+    assert milter.stop() == 0
+    shutil.rmtree(socket_dir.parent)
+
+
+@pytest.mark.parametrize("rcpt", ROUTED)
+def test_postfix_routes_percent_and_bang_recipients_to_the_other_domain(routed_site, rcpt):
+    """The control: a passing sender's mail to the routed form lands in victim@b.test's mailbox,
+    so the refusal below is about the route, not an unknown address."""
+    instance, _ = routed_site
+    marker = f"routed-ok-{uuid.uuid4().hex[:8]}"
+    result = instance.send("a@pass.example", [rcpt], message("a@pass.example", f"X-Test-Run: {marker}\r\n"),
+                           client_ip=CLIENT_IP, helo=HELO)
+    assert result.rcpt[rcpt].code == 250 and result.accepted, result.transcript_text()
+    assert len(wait_for_marked(instance, "victim@b.test", marker, 1)) == 1
+
+
+def test_percent_and_bang_recipients_cannot_bypass_enforce_domains(routed_site):
+    instance, milter = routed_site
+    outcomes = {}
+    for rcpt in ["victim@b.test", *ROUTED]:
+        marker = f"routed-{uuid.uuid4().hex[:8]}"
+        result = instance.send("x@fail.example", [rcpt], message("x@fail.example", f"X-Test-Run: {marker}\r\n"),
+                               client_ip=CLIENT_IP, helo=HELO)
+        print(result.transcript_text())
+        reply = result.rcpt[rcpt]
+        outcomes[rcpt] = (reply.code, reply.text.split()[0])
+        assert wait_for_marked(instance, "victim@b.test", marker, 1, timeout=1) == []
+    record("routed_recipients", **{rcpt: {"ok": outcome == (550, "5.7.23"), "reply": f"{outcome[0]} {outcome[1]}"}
+                                   for rcpt, outcome in outcomes.items()})
+    assert outcomes == {rcpt: (550, "5.7.23") for rcpt in ["victim@b.test", *ROUTED]}

@@ -16,6 +16,7 @@ from spfmilter.policy import (
     evaluate,
     is_exempt_recipient,
     rcpt_reply,
+    removes_forged_headers,
     trust_reason,
 )
 from spfmilter.verify import Identity, SpfOutcome, SpfResult
@@ -296,6 +297,18 @@ def test_hostile_domain_sender_problem_give_safe_replies(hostile, result, cfgtex
 def test_trust_reason(cfgtext, client_ip, auth_user, expected):
     facts = Facts(client_ip, HELO, SENDER, auth_user=auth_user)
     assert trust_reason(facts, config(cfgtext)) == expected
+
+
+@pytest.mark.parametrize("client_ip, auth_user, local, removes", [
+    ("192.0.2.1", None, False, True),
+    ("192.0.2.1", "alice", False, True),  # SASL: trusted to send, not to vouch for our results
+    (None, None, True, True),  # a local user
+    ("127.0.0.1", None, False, False),  # trusted_networks: may carry what this host added
+    ("127.0.0.1", "alice", False, False),
+])
+def test_removes_forged_headers(client_ip, auth_user, local, removes):
+    facts = Facts(client_ip, HELO, SENDER, auth_user=auth_user, local=local)
+    assert removes_forged_headers(facts, config("")) is removes
 
 
 @pytest.mark.parametrize("cfgtext", ["", "trusted_networks =", "trust_authenticated = no"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from spfmilter.config import parse_text
-from spfmilter.policy import Evaluation, Facts, decide, enforced_for, rcpt_reply, spared
+from spfmilter.policy import Evaluation, Facts, decide, enforced_for, rcpt_reply, routed_anywhere, spared
 from spfmilter.verify import Identity, SpfOutcome, SpfResult
 
 FACTS = Facts(client_ip="192.0.2.7", helo="helo.example", sender="a@fail.example")
@@ -28,6 +28,18 @@ def evaluation(cfg, mailfrom=SpfResult.FAIL, helo=SpfResult.PASS, helo_domain="h
     ("mode = enforce\nheader_only_senders = fail.example", "<b@mx.test>", False),
     ("mode = header-only\nenforce_domains = mx.test\nheader_only_senders = fail.example", "<b@mx.test>", False),
     ("mode = enforce\nheader_only_senders = other.example", "<b@mx.test>", True),
+    # routed by the MTA to any domain: enforced whenever any enforcement applies
+    ("mode = header-only\nenforce_domains = b.test", "<victim%b.test@a.test>", True),
+    ("mode = header-only\nenforce_domains = b.test", "<b.test!victim@a.test>", True),
+    ("mode = header-only\nenforce_domains = b.test", "<b.test!victim>", True),
+    ("mode = header-only\nenforce_domains = b.test", '<"victim@b.test"@a.test>', True),
+    ("mode = header-only\nenforce_domains = b.test", "<victim@[192.0.2.1]>", True),
+    ("mode = header-only\nenforce_domains = b.test", "<victim@[IPv6:2001:db8::1]>", True),
+    ("mode = header-only\nenforce_domains = b.test", "<victim@a.test>", False),
+    ("mode = header-only", "<victim%b.test@a.test>", False),  # nothing is ever enforced
+    ("mode = enforce\nheader_only_domains = a.test", "<victim%b.test@a.test>", True),
+    ("mode = enforce\nheader_only_domains = a.test", "<victim@a.test>", False),
+    ("mode = enforce\nheader_only_senders = fail.example", "<victim%b.test@a.test>", False),
 ])
 def test_enforced_for(cfgtext, recipient, enforced):
     cfg = parse_text(cfgtext, "t")
@@ -59,3 +71,12 @@ def test_nothing_is_spared_when_nothing_refuses():
     cfg = parse_text("mode = header-only", "t")
     ev = evaluation(cfg, mailfrom=SpfResult.PASS)
     assert not spared(ev, "<b@mx.test>", cfg)
+
+
+@pytest.mark.parametrize("recipient, anywhere", [
+    ("<v%b.test@a.test>", True), ("<b.test!v@a.test>", True), ('<"v@b.test"@a.test>', True),
+    ("<v@[192.0.2.1]>", True), ("<b.test!v>", True),
+    ("<v@a.test>", False), ("<postmaster>", False), ("<@relay.test:v@a.test>", False), ("<v.w+x@a.test>", False),
+])
+def test_routed_anywhere(recipient, anywhere):
+    assert routed_anywhere(recipient) is anywhere
