@@ -5,6 +5,22 @@ shapes pyspf expects (TXT as tuples of bytes, A/AAAA as text, MX as
 ``(preference, exchange)``, PTR as names), keeps a thread-safe cache that honours
 TTLs (and caches NXDOMAIN/NODATA for the SOA's negative TTL, RFC 2308), and
 never waits past the caller's deadline.
+
+Concurrent lookups of one name share one query (single flight): the first caller
+(the leader) asks, later callers (followers) wait on its outcome, each only until
+its own deadline.  Deadlines differ per transaction, so the leader's query runs
+within the *leader's* deadline only, and what it shares depends on why it ended:
+
+* an answer (records, NODATA, NXDOMAIN) or a failure the server itself reported
+  (SERVFAIL, REFUSED, ...) says something about the name: every follower gets it;
+* a time-out (:class:`DnsTimeout`) only says the leader's budget ran out: it is not
+  shared.  The followers wake, and one whose deadline still allows asks again as
+  the new leader while the rest wait on that query, so one query per name stays in
+  flight.  (Letting the first query run on to the latest follower's deadline would
+  need it off the leader's thread, i.e. a thread per query; the price of the
+  simpler rule is that a follower may wait one more round trip.)
+* an unexpected exception stays the leader's own; followers get a DnsTempError
+  naming it, never a missing answer.
 """
 from __future__ import annotations
 
@@ -35,6 +51,11 @@ class DnsTempError(Exception):
     """The lookup could not be answered now (time-out, SERVFAIL, REFUSED, garbage)."""
 
 
+class DnsTimeout(DnsTempError):
+    """No answer within the caller's own deadline: says nothing about the name, so
+    neither cached nor handed to other callers waiting on the same query."""
+
+
 @dataclass(frozen=True)
 class Answer:
     values: tuple
@@ -43,7 +64,11 @@ class Answer:
 
 
 class _Flight:
-    """A lookup in progress; other threads wait on ``done`` for its outcome."""
+    """A lookup in progress; other threads wait on ``done`` for its outcome.
+
+    Once ``done`` is set, ``answer`` or ``error`` holds the outcome to share; neither
+    means the leader stopped at its own deadline and the waiters should ask again.
+    """
 
     __slots__ = ("done", "answer", "error")
 
@@ -123,34 +148,53 @@ class DnsClient:
         self._flights: dict[tuple[str, str], _Flight] = {}
 
     def lookup(self, name: str, qtype: str, deadline: float) -> Answer:
-        """Answer for ``name``/``qtype``; raise DnsTempError when it cannot be had in time."""
+        """Answer for ``name``/``qtype``; raise DnsTempError when it cannot be had in time.
+
+        Never returns later than ``deadline`` (plus the small overrun ``_resolve``
+        documents), whether this call asks or waits on another caller's query.
+        """
         if qtype not in SUPPORTED_TYPES:
             raise ValueError(f"unsupported query type {qtype}")
         key = (name.lower().rstrip("."), qtype)
-        cached = self.cache.get(key)
-        if cached is not None:
-            self._event("cache-hit")
-            if cached.failure:
-                raise DnsTempError(cached.failure)
-            return cached
-        # One query per name at a time: sessions asking for a name that is already being
-        # looked up wait for that answer instead of sending the same query again.
-        with self._lock:
-            flight = self._flights.get(key)
-            leader = flight is None
+        while True:  # ends: every pass returns, raises, or waited for a leader that gave up
+            cached = self.cache.get(key)
+            if cached is not None:
+                self._event("cache-hit")
+                if cached.failure:
+                    raise DnsTempError(cached.failure)
+                return cached
+            # One query per name at a time: sessions asking for a name that is already being
+            # looked up wait for that answer instead of sending the same query again.
+            with self._lock:
+                flight = self._flights.get(key)
+                leader = flight is None
+                if leader:
+                    flight = self._flights[key] = _Flight()
             if leader:
-                flight = self._flights[key] = _Flight()
-        if not leader:
+                return self._lead(flight, key, qtype, deadline)
             if not flight.done.wait(max(0.0, deadline - self._clock())):
-                raise DnsTempError(f"DNS timeout looking up {key[0]}/{qtype}")
+                raise DnsTimeout(f"DNS timeout looking up {key[0]}/{qtype}")
+            if flight.answer is not None:
+                return flight.answer
             if flight.error is not None:
                 raise DnsTempError(flight.error)
-            return flight.answer
+            # The leader ran out of its own time, which says nothing about ours: ask again
+            # (or wait on whoever asks first) if our deadline still allows.
+            if deadline - self._clock() <= 0:
+                raise DnsTimeout(f"DNS timeout looking up {key[0]}/{qtype}")
+
+    def _lead(self, flight: _Flight, key: tuple[str, str], qtype: str, deadline: float) -> Answer:
+        """Ask for ``key`` within our own deadline and publish what others may share."""
         try:
             flight.answer = self._query(key, qtype, deadline)
             return flight.answer
+        except DnsTimeout:
+            raise  # our budget, not the name's answer: waiters ask again within theirs
         except DnsTempError as exc:
             flight.error = str(exc)
+            raise
+        except BaseException as exc:
+            flight.error = f"DNS lookup of {key[0]}/{qtype} failed: {exc.__class__.__name__}"
             raise
         finally:
             with self._lock:
@@ -160,7 +204,7 @@ class DnsClient:
     def _query(self, key: tuple[str, str], qtype: str, deadline: float) -> Answer:
         remaining = deadline - self._clock()
         if remaining <= 0:
-            raise DnsTempError("DNS time budget exhausted")
+            raise DnsTimeout("DNS time budget exhausted")
         with self._lock:
             self.queries += 1
         self._event("query")
@@ -172,7 +216,7 @@ class DnsClient:
             return result
         except dns.resolver.LifetimeTimeout:
             self._event("timeout")
-            raise DnsTempError(f"DNS timeout looking up {key[0]}/{qtype}") from None
+            raise DnsTimeout(f"DNS timeout looking up {key[0]}/{qtype}") from None
         except dns.resolver.NoNameservers as exc:
             self._event("server-failure")
             message = f"DNS server failure for {key[0]}/{qtype}: {_rcodes(exc)}"

@@ -17,6 +17,9 @@ For the cases that wait on DNS (no answer, garbage, slow answers) a second sessi
 for a healthy domain runs meanwhile and must finish quickly: one sender's dead DNS
 must not hold up anyone else.
 
+A session that waits on another session's in-flight query keeps its own budget: when the
+other session's budget runs out first, the waiting one still gets the answer (issue 11).
+
 Figures go to section ``dns_faults`` (see tests/reliability/figures.py).
 """
 from __future__ import annotations
@@ -407,4 +410,78 @@ def test_dns_fault(milter, world, case: Case):
     assert checks["waited"], f"{case.id}: {result.seconds:.2f}s, the DNS wait did not happen"
     assert checks["problem"], f"{case.id}: problem {problem!r} does not match {case.problem!r}"
     assert checks["transport"], f"{case.id}: transports {used}, expected {case.transport}"
+    assert "Traceback" not in milter.full_log()
+
+
+# --------------------------------------------------------------------------- shared in-flight lookups
+
+# Issue 11, item 3: one transaction's DNS time-out was handed to every transaction waiting on
+# the same name. The attacker's record spends most of its budget on a slow name, then asks for
+# the include that a popular domain's senders need too; a popular sender arriving meanwhile
+# waits on that query and must get the answer within its own budget, not the attacker's 451.
+SLOW_A = 1.4  # the attacker's slow name: leaves 0.6 s of its 2 s budget for the include
+SPF_LATENCY = 0.8  # the include answers later than the attacker can wait, well within alice's budget
+
+
+def test_a_waiting_session_keeps_its_own_dns_budget(milter, world):
+    dns = world
+    dns.add("attacker.example", "TXT", "v=spf1 a:slow.attacker.example include:_spf.popular.example -all")
+    dns.add("slow.attacker.example", "A", "198.51.100.9")
+    dns.set_latency("slow.attacker.example", SLOW_A)
+    dns.add("popular.example", "TXT", "v=spf1 include:_spf.popular.example -all")
+    dns.add("_spf.popular.example", "TXT", GOOD_SPF)
+    dns.set_latency("_spf.popular.example", SPF_LATENCY)
+    box: dict = {}
+
+    def attacker():
+        try:
+            box["session"] = session(milter, "attacker.example")
+        except BaseException as exc:  # reported by the main thread
+            box["error"] = exc
+        box["ended"] = time.monotonic()
+
+    thread = threading.Thread(target=attacker, name="dnsf-attacker", daemon=True)
+    thread.start()
+    # the attacker's session now waits on _spf.popular.example, with ~0.6 s of budget left
+    deadline = time.monotonic() + 10
+    while dns.query_count("_spf.popular.example", "TXT") == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert dns.query_count("_spf.popular.example", "TXT") == 1 and thread.is_alive()
+    alice_started = time.monotonic()
+    alice = session(milter, "popular.example")  # x@popular.example
+    alice_ended = time.monotonic()
+    thread.join(30)
+    assert not thread.is_alive(), "the attacker's session never finished"
+    if "error" in box:
+        raise box["error"]
+    mallory = box["session"]
+    alice_line = log_line(milter, "popular.example")
+    mallory_line = log_line(milter, "attacker.example")
+    # alice joined the attacker's query (she started while it was out) and, once the attacker gave
+    # up, asked again: she ends a whole SPF_LATENCY after the attacker, not SPF_LATENCY after her start
+    joined = alice_started < box["ended"] and alice_ended - box["ended"] > SPF_LATENCY - 0.2
+    checks = {
+        "alice_result": log_result(alice_line) == "pass",
+        "alice_action": alice.action == ACCEPT and ar_mailfrom(alice.mods) == "pass",
+        "alice_within_budget": alice.seconds < BUDGET + 1.0,
+        "attacker_result": log_result(mallory_line) == "temperror" and mallory.action == DEFER,
+        "attacker_within_budget": mallory.seconds < BUDGET + 1.0,
+        "joined": joined,
+        "queries": dns.query_count("_spf.popular.example", "TXT") == 2,  # the attacker's, then alice's
+    }
+    record("dns_faults", waiting_session_keeps_own_budget={
+        "expected": "pass", "result": log_result(alice_line), "action": alice.action,
+        "seconds": round(alice.seconds, 2), "budget": BUDGET,
+        "attacker": {"result": log_result(mallory_line), "action": mallory.action,
+                     "seconds": round(mallory.seconds, 2)},
+        "ok": all(checks.values()),
+    })
+    assert log_result(alice_line) == "pass" and alice.action == ACCEPT, (
+        f"alice got {alice.action} while waiting on the attacker's lookup\n{alice_line}")
+    assert ar_mailfrom(alice.mods) == "pass"
+    assert log_result(mallory_line) == "temperror" and mallory.action == DEFER, mallory_line
+    assert re.search(r"DNS timeout|DNS time budget", mallory_line), mallory_line
+    assert alice.seconds < BUDGET + 1.0 and mallory.seconds < BUDGET + 1.0, (alice.seconds, mallory.seconds)
+    assert joined, (alice_started, alice_ended, box["ended"])
+    assert checks["queries"], dns.query_count("_spf.popular.example", "TXT")
     assert "Traceback" not in milter.full_log()

@@ -637,3 +637,195 @@ def test_a_waiting_lookup_gives_up_at_its_own_deadline(srv):
         leader.join()
     finally:
         srv.set_latency("slowherd.cache.example", None)
+
+
+# ---------------------------------------------------------------------------
+# shared in-flight lookups: a leader's own time-out or crash is not the followers' answer
+# ---------------------------------------------------------------------------
+
+
+class FlightProbe:
+    """Records, in order, the client's events (per thread) and each thread's first clock reading.
+
+    A thread that reads the clock after the leader's "query" event and before its
+    "timeout" event found the leader's flight open: it joined that flight.
+    """
+
+    def __init__(self):
+        self.log: list = []  # ("event", name, thread) | ("clock", thread)
+        self.query_out = threading.Event()
+        self._clocked: set = set()
+
+    def clock(self) -> float:
+        me = threading.current_thread().name
+        if me not in self._clocked:
+            self._clocked.add(me)
+            self.log.append(("clock", me))
+        return time.monotonic()
+
+    def on_event(self, event: str) -> None:
+        self.log.append(("event", event, threading.current_thread().name))
+        if event == "query":
+            self.query_out.set()
+
+    def joined(self, thread: str, leader: str) -> bool:
+        """``thread`` first looked at the clock while ``leader``'s first query was in flight."""
+        query = self.log.index(("event", "query", leader))
+        ends = [i for i, item in enumerate(self.log) if i > query and item[0] == "event"
+                and item[2] == leader and item[1] != "query"]
+        mine = self.log.index(("clock", thread))
+        return query < mine and (not ends or mine < ends[0])
+
+
+def run_lookup(client: DnsClient, name: str, qtype: str, budget: float, box: dict, thread_name: str):
+    """Start a thread that looks ``name`` up with ``budget`` seconds; its outcome lands in ``box``."""
+    def work():
+        started = time.monotonic()
+        deadline = started + budget
+        try:
+            box[thread_name] = ("answer", client.lookup(name, qtype, deadline), time.monotonic() - deadline)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            box[thread_name] = ("error", exc, time.monotonic() - deadline)
+
+    thread = threading.Thread(target=work, name=thread_name, daemon=True)
+    thread.start()
+    return thread
+
+
+OVERRUN = 0.15  # dns.py's documented worst overrun (one 0.1 s back-off) plus scheduling slack
+
+
+def test_followers_with_budget_left_get_the_answer_after_the_leaders_time_out(srv):
+    """The leader's own deadline ends its query; followers ask again (once, together) within theirs."""
+    name = "late-leader.flight.example"
+    srv.add(name, "TXT", "v=spf1 -all")
+    srv.set_latency(name, 1.0)  # longer than the leader's budget, well within the followers'
+    try:
+        probe = FlightProbe()
+        client = DnsClient(resolver_for(srv), 100, clock=probe.clock, on_event=probe.on_event)
+        box: dict = {}
+        leader = run_lookup(client, name, "TXT", 0.5, box, "leader")
+        assert probe.query_out.wait(5), "the leader's query never went out"
+        followers = [run_lookup(client, name, "TXT", 3.0, box, f"follower{i}") for i in range(3)]
+        for thread in [leader, *followers]:
+            thread.join(10)
+            assert not thread.is_alive()
+        for i in range(3):
+            assert probe.joined(f"follower{i}", "leader"), probe.log
+        kind, value, overrun = box["leader"]
+        assert kind == "error" and isinstance(value, DnsTempError) and "timeout" in str(value)
+        assert -0.1 < overrun < OVERRUN
+        for i in range(3):
+            kind, value, overrun = box[f"follower{i}"]
+            assert (kind, value) == ("answer", Answer(((b"v=spf1 -all",),))), box[f"follower{i}"]
+            assert overrun < 0
+        # one query per name in flight: the leader's, then one more for all three followers
+        assert srv.query_count(name) == 2
+        assert client.queries == 2
+    finally:
+        srv.set_latency(name, None)
+
+
+def test_a_follower_tries_on_until_its_own_deadline_and_no_longer(srv):
+    name = "too-slow.flight.example"
+    srv.add(name, "TXT", "v=spf1 -all")
+    srv.set_latency(name, 3.0)  # nobody's budget is long enough
+    try:
+        probe = FlightProbe()
+        client = DnsClient(resolver_for(srv), 100, clock=probe.clock, on_event=probe.on_event)
+        box: dict = {}
+        leader = run_lookup(client, name, "TXT", 0.4, box, "leader")
+        assert probe.query_out.wait(5)
+        follower = run_lookup(client, name, "TXT", 1.0, box, "follower")
+        for thread in (leader, follower):
+            thread.join(10)
+            assert not thread.is_alive()
+        assert probe.joined("follower", "leader"), probe.log
+        for who in ("leader", "follower"):
+            kind, value, overrun = box[who]
+            assert kind == "error" and isinstance(value, DnsTempError) and "timeout" in str(value), box[who]
+            # it used its whole budget (the follower did not stop at the leader's deadline), not more
+            assert -0.1 < overrun < OVERRUN, (who, overrun)
+        assert srv.query_count(name) == 2  # the follower asked again after the leader gave up
+    finally:
+        srv.set_latency(name, None)
+
+
+class CrashingResolver:
+    """The first resolve() waits for ``release`` and then fails unexpectedly; later ones answer."""
+
+    timeout = 2.0
+    nameservers = ["127.0.0.1"]
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def resolve(self, qname, rdtype, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            assert self.release.wait(10)
+            raise RuntimeError("resolver bug")
+        return self.answer
+
+
+def test_an_unexpected_error_in_the_leader_gives_followers_a_temp_error_not_none():
+    qname = dns.name.from_text("crash.flight.example.")
+    response = dns.message.make_response(dns.message.make_query(qname, "TXT"))
+    response.answer.append(dns.rrset.from_text(qname, 60, "IN", "TXT", '"v=spf1 -all"'))
+    stub = CrashingResolver(dns.resolver.Answer(qname, dns.rdatatype.TXT, dns.rdataclass.IN, response))
+    waiting = threading.Event()
+
+    def clock():
+        if threading.current_thread().name == "follower":
+            waiting.set()  # the follower computes its wait: the leader's flight is open (stub.release unset)
+        return time.monotonic()
+
+    client = DnsClient(stub, 100, clock=clock)
+    box: dict = {}
+    leader = run_lookup(client, "crash.flight.example", "TXT", 5.0, box, "leader")
+    assert stub.entered.wait(5)
+    follower = run_lookup(client, "crash.flight.example", "TXT", 5.0, box, "follower")
+    assert waiting.wait(5)
+    stub.release.set()
+    for thread in (leader, follower):
+        thread.join(10)
+        assert not thread.is_alive()
+    kind, value, _ = box["leader"]
+    assert kind == "error" and isinstance(value, RuntimeError)  # the leader's own error is its own
+    kind, value, overrun = box["follower"]
+    assert value is not None
+    assert kind == "error" and isinstance(value, DnsTempError), box["follower"]
+    assert "crash.flight.example/TXT" in str(value) and "RuntimeError" in str(value)
+    assert overrun < 0
+    assert stub.calls == 1  # the follower was told, not sent to ask again
+
+
+def test_a_server_failure_is_shared_with_followers(srv):
+    """SERVFAIL is the server's answer, not the leader's budget: followers get it, no second query."""
+    name = "servfail.flight.example"
+    srv.add(name, "TXT", "v=spf1 -all")
+    srv.fault(name, "servfail")
+    srv.set_latency(name, 0.5)
+    try:
+        probe = FlightProbe()
+        client = DnsClient(resolver_for(srv), 100, clock=probe.clock, on_event=probe.on_event)
+        box: dict = {}
+        leader = run_lookup(client, name, "TXT", 3.0, box, "leader")
+        assert probe.query_out.wait(5)
+        follower = run_lookup(client, name, "TXT", 3.0, box, "follower")
+        for thread in (leader, follower):
+            thread.join(10)
+            assert not thread.is_alive()
+        assert probe.joined("follower", "leader"), probe.log
+        for who in ("leader", "follower"):
+            kind, value, overrun = box[who]
+            assert kind == "error" and isinstance(value, DnsTempError) and "SERVFAIL" in str(value), box[who]
+            assert overrun < 0
+        assert srv.query_count(name) == 1
+    finally:
+        srv.set_latency(name, None)
+        srv.fault(name, None)
