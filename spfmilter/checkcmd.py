@@ -5,7 +5,7 @@ import sys
 
 from .config import Config
 from .headers import render, spf_headers
-from .policy import Facts, evaluate, held_for_dkim, not_enforced_reason, rcpt_reply
+from .policy import Facts, disposition, evaluate, held_for_dkim, not_enforced_reason, rcpt_reply, spared
 from .milter import make_service
 from .verify import Verifier, normalise_ip, parse_envelope_address
 
@@ -32,11 +32,14 @@ def milter_view(evaluation, recipient: str, config: Config) -> str:
     (shared by ``spfmilter check`` and ``spfmilter explain``)."""
     if evaluation.skip_reason is not None:
         return f"# not checked: {evaluation.skip_reason}; no headers added\n\nSMTP reply: 250 (accepted)\n"
-    text = render(spf_headers(*evaluation.outcomes, evaluation.facts, config)) + "\n"
     reply = rcpt_reply(evaluation, recipient, config)
-    if reply.refuses and held_for_dkim(evaluation, config):
+    held = reply.refuses and held_for_dkim(evaluation, config)
+    _, note = disposition(evaluation, spared=spared(evaluation, recipient, config), dkim_spared=held)
+    text = render(spf_headers(*evaluation.outcomes, evaluation.facts, config, note)) + "\n"
+    if held:
         return text + (f"SMTP reply: 250 at RCPT (spf_fail_hold = dkim); at the end of the message: "
-                       f"{reply.reply}, unless a DKIM signature aligned with From: verifies\n")
+                       f"{reply.reply}, unless a DKIM signature aligned with From: verifies (then the "
+                       f"headers above are added)\n")
     if reply.refuses:
         return text + f"SMTP reply: {reply.reply}\n"
     if evaluation.decision.refuses:

@@ -33,8 +33,8 @@ from . import headers as hdr
 from .config import Config, ErrorAction, FailHold
 from .dns import DnsClient, DnsTempError
 from .metrics import NO_METRICS, Metrics
-from .policy import (Action, Evaluation, Facts, enforcement_possible, evaluate, held_for_dkim, rcpt_reply,
-                     removes_forged_headers, spared)
+from .policy import (Action, Evaluation, Facts, disposition, enforcement_possible, evaluate, held_for_dkim,
+                     rcpt_reply, removes_forged_headers, spared)
 from .srs import SrsError
 from .srs import forward as srs_forward
 from .srspolicy import Kind, SrsPolicy, rcpt_srs
@@ -336,20 +336,9 @@ class SpfMilter(Milter.Base):
         if not tx.checked:
             self._end_transaction("accept")
             return Milter.CONTINUE
-        action, note = "accept", None
-        decision = tx.evaluation.decision
-        if decision.refuses:
-            if tx.held:
-                action = "accept-dkim"
-                note = (decision.identity, "SPF fail overridden by a DKIM signature aligned with From: "
-                                           "(RFC 7489 section 10.1)")
-            elif tx.spared or (not tx.rcpt_seen and not enforcement_possible(self.config)):
-                # header-only (for this domain): say what enforcement would have done
-                action = f"would-{decision.action.value}"
-                note = (decision.identity, f"not enforced here; enforcement would refuse it with "
-                                           f"{decision.code} {decision.xcode}")
-            else:
-                action = "accept-exempt"  # only exempt recipients (postmaster@, abuse@) got this far
+        # header-only (for this domain) with RCPT not looked at counts as spared too
+        action, note = disposition(tx.evaluation, dkim_spared=tx.held, spared=tx.spared or (
+            not tx.rcpt_seen and not enforcement_possible(self.config)))
         headers = hdr.spf_headers(*tx.evaluation.outcomes, tx.facts, self.config, note, dkim_results)
         for name, value in reversed(headers):
             self.addheader(name, value, 0)

@@ -233,6 +233,29 @@ def not_enforced_reason(evaluation: Evaluation, recipient: str, config: Config) 
     return "header-only mode"
 
 
+DKIM_NOTE = "SPF fail overridden by a DKIM signature aligned with From: (RFC 7489 section 10.1)"
+
+
+def disposition(evaluation: Evaluation, spared: bool, dkim_spared: bool = False) -> tuple[str, Optional[tuple]]:
+    """What became of a message that is accepted: the logged action and the A-R note.
+
+    ``spared``: a recipient got it although enforcement would have refused it (header-only
+    mode, or per-domain rollout); ``dkim_spared``: a held SPF fail was saved by an aligned
+    DKIM signature.  The note is ``(identity, text)``: the RFC 8601 ``reason`` that the
+    identity's result gets, or None.  The milter and ``spfmilter check``/``explain`` both
+    call this, so the headers they show cannot differ.
+    """
+    decision = evaluation.decision
+    if not decision.refuses:
+        return "accept", None
+    if dkim_spared:
+        return "accept-dkim", (decision.identity, DKIM_NOTE)
+    if spared:
+        return f"would-{decision.action.value}", (
+            decision.identity, f"not enforced here; enforcement would refuse it with {decision.code} {decision.xcode}")
+    return "accept-exempt", None  # only exempt recipients (postmaster@, abuse@) got it
+
+
 def held_for_dkim(evaluation: Evaluation, config: Config) -> bool:
     """spf_fail_hold = dkim: a refusal for an SPF fail (or a rejected softfail) waits for the
     end of the message, where an aligned DKIM signature can spare it (RFC 7489 section 10.1)."""

@@ -187,3 +187,44 @@ def test_runs_on_built_in_defaults_and_completes_a_session():
     assert "using built-in defaults" in output
     assert "listening on inet:8890@127.0.0.1 (mode=header-only" in output
     assert "None; skipped=\"trusted network 127.0.0.0/8\"; client-ip=127.0.0.1" in output
+
+
+@pytest.mark.parametrize("extra, recipient", [
+    ("mode = header-only", "<b@mx.test>"),  # RCPT not even looked at
+    ("mode = header-only\nenforce_domains = other.test", "<b@mx.test>"),  # per-domain rollout
+    ("mode = enforce\nheader_only_domains = mx.test", "<b@mx.test>"),
+    ("mode = enforce\nheader_only_senders = fail.example", "<b@mx.test>"),
+    ("mode = enforce", "<postmaster@mx.test>"),  # exempt: no note
+])
+def test_check_shows_exactly_the_headers_the_milter_adds(conf, start_milter, extra, recipient):
+    """One function (policy.disposition) picks the A-R note for both: check cannot drift again."""
+    path = conf(extra)
+    proc = spfmilter("check", "--ip", "192.0.2.7", "--helo", "mx.pass.example", "--sender", "x@fail.example",
+                     "--recipient", recipient, config=path, check=True)
+    shown, _ = parse_output(proc.stdout)
+    milter = start_milter(f"header_type = both\n{extra}")  # authserv_id and DNS server as in conf()
+    client = milter.client()
+    client.connect("[192.0.2.7]", "192.0.2.7", port=40000, family="4")
+    client.helo("mx.pass.example")
+    client.mail("<x@fail.example>")
+    assert client.rcpt(recipient).action in PASSED_ON
+    client.data()
+    client.header("Subject", "s")
+    client.eoh()
+    _, mods = client.eom()
+    client.quit()
+    added = [f"{m[2]}: {m[3]}" for m in reversed(mods) if m[0] == "insheader"]  # each went on top
+    assert [h.replace("\n", "") for h in shown] == [h.replace("\n", "") for h in added]
+    if "postmaster" not in recipient:
+        assert 'reason="not enforced here; enforcement would refuse it with 550 5.7.23"' in shown[0].replace("\n", "")
+
+
+def test_check_shows_the_dkim_hold_note(conf):
+    proc = spfmilter("check", "--ip", "192.0.2.7", "--helo", "mx.pass.example", "--sender", "x@fail.example",
+                     "--recipient", "<b@mx.test>", config=conf("mode = enforce\nspf_fail_hold = dkim"), check=True)
+    headers, reply = parse_output(proc.stdout)
+    [ar] = [h for h in headers if h.startswith("Authentication-Results:")]
+    parsed = authres.AuthenticationResultsHeader.parse(ar.replace("\n", ""))
+    [mailfrom] = [r for r in parsed.results if r.properties[0].name == "mailfrom"]
+    assert mailfrom.reason == "SPF fail overridden by a DKIM signature aligned with From: (RFC 7489 section 10.1)"
+    assert reply.startswith("SMTP reply: 250 at RCPT (spf_fail_hold = dkim)")

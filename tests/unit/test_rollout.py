@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from spfmilter.config import parse_text
-from spfmilter.policy import Evaluation, Facts, decide, enforced_for, rcpt_reply, routed_anywhere, spared
+from spfmilter.policy import (DKIM_NOTE, Evaluation, Facts, decide, disposition, enforced_for, rcpt_reply,
+                             routed_anywhere, spared)
 from spfmilter.verify import Identity, SpfOutcome, SpfResult
 
 FACTS = Facts(client_ip="192.0.2.7", helo="helo.example", sender="a@fail.example")
@@ -80,3 +81,18 @@ def test_nothing_is_spared_when_nothing_refuses():
 ])
 def test_routed_anywhere(recipient, anywhere):
     assert routed_anywhere(recipient) is anywhere
+
+
+@pytest.mark.parametrize("mailfrom, spared_, dkim, action, note", [
+    (SpfResult.PASS, True, False, "accept", None),
+    (SpfResult.FAIL, True, False, "would-reject", "not enforced here; enforcement would refuse it with 550 5.7.23"),
+    (SpfResult.FAIL, False, True, "accept-dkim", DKIM_NOTE),
+    (SpfResult.FAIL, True, True, "accept-dkim", DKIM_NOTE),
+    (SpfResult.FAIL, False, False, "accept-exempt", None),
+])
+def test_disposition(mailfrom, spared_, dkim, action, note):
+    cfg = parse_text("mode = enforce", "t")
+    ev = evaluation(cfg, mailfrom=mailfrom)
+    got_action, got_note = disposition(ev, spared=spared_, dkim_spared=dkim)
+    assert got_action == action
+    assert got_note == (None if note is None else (Identity.MAILFROM, note))
