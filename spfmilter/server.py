@@ -537,6 +537,7 @@ class Supervisor:
         self.drain_timeout = drain_timeout
         self.children: dict[int, int] = {}  # pid -> slot, current generation
         self.retiring: set[int] = set()  # workers of an older configuration, finishing their sessions
+        self.pending_respawn: list[int] = []  # slots of the current generation whose worker died
         self.stopping = False
 
     def _spawn(self, slot: int) -> None:
@@ -565,9 +566,17 @@ class Supervisor:
             self._spawn(slot)
 
     def reload(self) -> None:
-        """SIGHUP: new workers with the new configuration; the old ones finish their sessions."""
+        """SIGHUP: new workers with the new configuration; the old ones finish their sessions.
+
+        The file is always read again (cli makes its path absolute at start-up); when there
+        is none to read, or it cannot be used, the reload is refused and nothing changes.
+        """
+        if self.config.source == Config.source:  # the dataclass default: "<built-in defaults>"
+            log.error("reload refused: no configuration file to read again (running on built-in "
+                      "defaults); restart with -c FILE to use one")
+            return
         try:
-            new = load(self.config.source) if self.config.source.startswith("/") else self.config
+            new = load(self.config.source)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
@@ -589,6 +598,9 @@ class Supervisor:
         old = list(self.children)
         self.retiring.update(old)
         self.children = {}
+        # A worker that died just before the reload left its slot waiting for a respawn: the new
+        # generation fills every slot, so that respawn would be one worker too many.
+        self.pending_respawn = []
         self._spawn_generation()
         for pid in old:
             _kill(pid, DRAIN_SIGNAL)
@@ -607,18 +619,19 @@ class Supervisor:
             log.info("metrics on http://%s/metrics", self.metrics_server.listen)
         self._spawn_generation()
         worst = 0
-        pending_respawn: list[int] = []
-        while self.children or self.retiring or pending_respawn:
-            if pending_respawn:
+        while self.children or self.retiring or self.pending_respawn:
+            if self.pending_respawn:
                 info = signal.sigtimedwait(_SUPERVISOR_SIGNALS, RESPAWN_DELAY)
             else:
                 info = signal.sigwaitinfo(_SUPERVISOR_SIGNALS)
             if info is None:  # respawn delay over
                 if not self.stopping:
-                    for slot in pending_respawn:
-                        log.warning("restarting worker %d", slot)
-                        self._spawn(slot)
-                pending_respawn = []
+                    running = set(self.children.values())
+                    for slot in self.pending_respawn:
+                        if slot not in running:
+                            log.warning("restarting worker %d", slot)
+                            self._spawn(slot)
+                self.pending_respawn = []
                 continue
             if info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
                 self.stopping = True
@@ -645,7 +658,7 @@ class Supervisor:
                     worst = max(worst, abs(code))
                     continue
                 log.error("worker %d (pid %d) exited unexpectedly with status %d", slot, pid, code)
-                pending_respawn.append(slot)
+                self.pending_respawn.append(slot)
         # The signals stay blocked: a second SIGTERM sent while we stopped must not kill the
         # process on its way out (it is about to exit anyway).
         log.info("all workers stopped")

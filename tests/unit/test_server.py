@@ -138,3 +138,35 @@ def test_remove_socket_file_leaves_a_newer_instances_socket_alone(tmp_path):
             new.bind(str(path))
             remove_socket_file(config, keep)
             assert path.exists() and not os.path.exists(keep)
+
+
+def test_reload_on_built_in_defaults_is_refused_not_reported_as_reloaded(caplog, monkeypatch):
+    """With no configuration file there is nothing to read again: say so, start no workers."""
+    from spfmilter.config import defaults
+    from spfmilter.server import Supervisor
+
+    supervisor = Supervisor(defaults(), listener=-1)
+    supervisor.children = {4242: 0}  # stands for a worker; nothing is signalled (see _kill)
+    spawned, signalled = [], []
+    monkeypatch.setattr(supervisor, "_spawn_generation", lambda: spawned.append(True))
+    monkeypatch.setattr("spfmilter.server._kill", lambda pid, sig: signalled.append(pid))
+    with caplog.at_level("INFO", logger="spfmilter"):
+        supervisor.reload()
+    assert "reload refused: no configuration file" in caplog.text
+    assert "reloaded" not in caplog.text
+    assert spawned == [] and signalled == [] and supervisor.children == {4242: 0} and not supervisor.retiring
+
+
+def test_reload_reads_a_relative_config_path_again(tmp_path, monkeypatch, caplog):
+    from spfmilter.config import load
+    from spfmilter.server import Supervisor
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.conf").write_text("authserv_id = old.example\n")
+    supervisor = Supervisor(load("m.conf"), listener=-1)
+    (tmp_path / "m.conf").write_text("authserv_id = new.example\n")
+    monkeypatch.setattr(supervisor, "_spawn_generation", lambda: None)
+    with caplog.at_level("INFO", logger="spfmilter"):
+        supervisor.reload()
+    assert supervisor.config.authserv_id == "new.example"
+    assert "reloaded m.conf" in caplog.text
