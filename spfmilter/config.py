@@ -480,7 +480,8 @@ KEYS: tuple[Key, ...] = (
     Key("socket_mode", parse_mode, "0660", "Permissions of a unix socket (octal)."),
     Key("socket_group", parse_account, "",
         "Group of a unix socket, e.g. `postfix`, so the MTA can connect. Empty: the process's group."),
-    Key("pid_file", parse_path, "", "Write the process id here (empty: no pid file); removed on exit."),
+    Key("pid_file", parse_path, "", "Write the process id here (empty: no pid file); removed on exit. "
+        "A symbolic link at this path stops the start; a file there is replaced, not written through."),
     Key("log_destination", _enum_parser(LogDestination), "stderr",
         "`stderr` or `syslog` (via /dev/log)."),
     Key("log_level", parse_log_level, "info", "`debug`, `info`, `warning` or `error`."),
