@@ -43,9 +43,13 @@ def setup_logging(config: Config, stream=None, syslog_address: str = "/dev/log")
 
 
 def _load_config(path: Optional[str]) -> Config:
-    """The named file; else the default path if present; else the built-in defaults."""
+    """The named file; else the default path if present; else the built-in defaults.
+
+    A relative path is made absolute now, so that a reload (SIGHUP) reads the same file
+    whatever the working directory is by then.
+    """
     if path:
-        return load(path)
+        return load(os.path.abspath(path))
     if os.path.exists(DEFAULT_CONFIG_PATH):
         return load(DEFAULT_CONFIG_PATH)
     return defaults()

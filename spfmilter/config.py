@@ -230,10 +230,34 @@ def parse_networks(text: str) -> tuple:
             networks += [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
             continue
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            network = ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise ValueError(f"bad network {item!r}: expected CIDR like 192.0.2.0/24, 2001:db8::/32, or 'loopback'") from None
+        networks.append(unmap_network(item, network))
     return tuple(networks)
+
+
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")  # IPv4-mapped IPv6 addresses (RFC 4291 section 2.5.5.2)
+
+
+def unmap_network(item: str, network):
+    """An IPv4-mapped network as the IPv4 network it stands for: ``::ffff:10.0.0.0/104`` is 10.0.0.0/8.
+
+    The milter turns an IPv4-mapped client address into plain IPv4 (verify.normalise_ip, as
+    RFC 7208 section 5 evaluates such a client as IPv4), so a mapped network left as IPv6
+    would never match.  A mapped address with a prefix shorter than /96 would also cover
+    IPv6 space that is not mapped: ValueError, rather than guess what was meant.
+    """
+    if network.version != 6:
+        return network
+    address = ipaddress.IPv6Address(item.partition("/")[0].split("%", 1)[0])
+    if address.ipv4_mapped is None:
+        return network
+    if network.prefixlen < _MAPPED.prefixlen:
+        raise ValueError(f"bad network {item!r}: an IPv4-mapped network needs a prefix of /96 or longer "
+                         "(::ffff:10.0.0.0/104 is 10.0.0.0/8); a shorter one also covers IPv6 addresses "
+                         "that are not IPv4-mapped")
+    return ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
 
 
 def parse_results(text: str) -> frozenset:
@@ -425,7 +449,8 @@ KEYS: tuple[Key, ...] = (
         "Default: this machine's host name."),
     Key("trusted_networks", parse_networks, "loopback",
         "Clients in these networks are not checked (CIDR list, IPv4 and IPv6; `loopback` = 127.0.0.0/8, ::1). "
-        "An empty value trusts no network."),
+        "IPv4-mapped IPv6 networks count as the IPv4 network they stand for (`::ffff:10.0.0.0/104` = 10.0.0.0/8; "
+        "a prefix shorter than /96 is an error). An empty value trusts no network."),
     Key("trust_authenticated", parse_bool, "yes",
         "Do not check SASL-authenticated clients (the MTA's `{auth_authen}` macro)."),
     Key("helo_reject_results", parse_results, "fail",
@@ -455,7 +480,8 @@ KEYS: tuple[Key, ...] = (
     Key("socket_mode", parse_mode, "0660", "Permissions of a unix socket (octal)."),
     Key("socket_group", parse_account, "",
         "Group of a unix socket, e.g. `postfix`, so the MTA can connect. Empty: the process's group."),
-    Key("pid_file", parse_path, "", "Write the process id here (empty: no pid file); removed on exit."),
+    Key("pid_file", parse_path, "", "Write the process id here (empty: no pid file); removed on exit. "
+        "A symbolic link at this path stops the start; a file there is replaced, not written through."),
     Key("log_destination", _enum_parser(LogDestination), "stderr",
         "`stderr` or `syslog` (via /dev/log)."),
     Key("log_level", parse_log_level, "info", "`debug`, `info`, `warning` or `error`."),

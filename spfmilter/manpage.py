@@ -283,9 +283,10 @@ def render_spfmilter8() -> str:
             "socket and exit with status 0. Send signals to the main process (the pid_file), not "
             "to the worker processes.",
             ".TP", bold("SIGHUP"),
-            "Reload: read the configuration file again; new connections are served by new workers "
+            "Reload: read the configuration file again (the same file: a relative -c path is made "
+            "absolute at start-up); new connections are served by new workers "
             "with it while the old workers finish their sessions. A file with errors is refused and "
-            "logged. The socket, user, group, socket_mode, socket_group, pid_file and the log "
+            "logged, as is a reload without a configuration file (built-in defaults). The socket, user, group, socket_mode, socket_group, pid_file and the log "
             "destination need a restart."]
 
     out += [".SH LOGGING"]

@@ -174,29 +174,80 @@ def tune_listener(fd: int, spec: SocketSpec) -> None:
         sock.close()
 
 
+def check_socket_path(spec: SocketSpec) -> None:
+    """Before libmilter removes a stale unix socket and binds: ValueError if something else
+    (a symbolic link, a file) is at the path, rather than libmilter's bare "cannot opensocket"."""
+    if spec.family != "unix":
+        return
+    try:
+        mode = os.lstat(spec.address).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a socket"
+        raise ValueError(f"{spec.address} is {kind}; refusing to replace it (remove it if it is stale)")
+
+
 def prepare_socket_file(config: Config) -> None:
-    """Mode and group of a unix socket, so the MTA (e.g. the postfix group) can connect."""
+    """Mode and group of a unix socket, so the MTA (e.g. the postfix group) can connect.
+
+    Runs as root, in a directory others may be able to write to: the path is opened once
+    without following a link (O_PATH | O_NOFOLLOW) and must be the socket our bind just
+    made (a socket, ours, one link), and owner and mode are changed through that pinned
+    inode (/proc/self/fd), so a link put there after the bind cannot redirect them to
+    another file.  Linux cannot chmod a symbolic link or fchmod an O_PATH descriptor.
+    """
     if config.socket.family != "unix":
         return
     path = config.socket.address
-    if config.socket_group:
-        os.chown(path, -1, grp.getgrnam(config.socket_group).gr_gid)
-    if config.user:
-        os.chown(path, pwd.getpwnam(config.user).pw_uid, -1)  # so the daemon can remove it at exit
-    os.chmod(path, config.socket_mode)
+    gid = grp.getgrnam(config.socket_group).gr_gid if config.socket_group else -1
+    uid = pwd.getpwnam(config.user).pw_uid if config.user else -1  # so the daemon can remove it at exit
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+            raise ValueError(f"{path} is no longer the socket just bound (replaced by a link or another "
+                             "file?); refusing to change its owner or mode")
+        pinned = f"/proc/self/fd/{fd}"
+        if uid != -1 or gid != -1:
+            os.chown(pinned, uid, gid)
+        os.chmod(pinned, config.socket_mode)
+    finally:
+        os.close(fd)
 
 
 def write_pid_file(path: str) -> None:
-    if path:
-        with open(path, "w", encoding="ascii") as handle:
+    """Our pid in ``path``, without writing through a link planted there.
+
+    A symbolic link at the path is refused (ValueError).  The pid goes to a new file made
+    in the same directory (O_EXCL | O_NOFOLLOW), renamed over the path: rename replaces
+    a stale file or a hard link itself, never the file a link leads to.
+    """
+    if not path:
+        return
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise ValueError(f"pid file {path} is a symbolic link; refusing to write through it (remove it)")
+    except FileNotFoundError:
+        pass
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with open(fd, "w", encoding="ascii") as handle:
+            os.fchmod(handle.fileno(), 0o644)  # whatever the umask
             handle.write(f"{os.getpid()}\n")
+        os.rename(temporary, path)
+    except BaseException:
+        _unlink_quietly(temporary)
+        raise
 
 
 def remove_pid_file(path: str) -> None:
     if not path:
         return
     try:
-        with open(path, encoding="ascii") as handle:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), encoding="ascii") as handle:
             if handle.read().strip() != str(os.getpid()):
                 return  # not ours (a worker, or a newer instance)
         os.unlink(path)
@@ -255,7 +306,11 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     register(_unused_factory, sessions)  # libmilter wants a registration before opening the socket
     milter.setconn(config.socket.libmilter())
     try:
+        check_socket_path(config.socket)
         milter.opensocket(True)  # True: remove a stale unix socket left by a crash
+    except ValueError as exc:
+        log.error("cannot listen on %s: %s", config.socket, exc)
+        return 1
     except milter.error as exc:
         log.error("cannot listen on %s: %s", config.socket, exc)
         return 1
@@ -537,6 +592,7 @@ class Supervisor:
         self.drain_timeout = drain_timeout
         self.children: dict[int, int] = {}  # pid -> slot, current generation
         self.retiring: set[int] = set()  # workers of an older configuration, finishing their sessions
+        self.pending_respawn: list[int] = []  # slots of the current generation whose worker died
         self.stopping = False
 
     def _spawn(self, slot: int) -> None:
@@ -565,9 +621,17 @@ class Supervisor:
             self._spawn(slot)
 
     def reload(self) -> None:
-        """SIGHUP: new workers with the new configuration; the old ones finish their sessions."""
+        """SIGHUP: new workers with the new configuration; the old ones finish their sessions.
+
+        The file is always read again (cli makes its path absolute at start-up); when there
+        is none to read, or it cannot be used, the reload is refused and nothing changes.
+        """
+        if self.config.source == Config.source:  # the dataclass default: "<built-in defaults>"
+            log.error("reload refused: no configuration file to read again (running on built-in "
+                      "defaults); restart with -c FILE to use one")
+            return
         try:
-            new = load(self.config.source) if self.config.source.startswith("/") else self.config
+            new = load(self.config.source)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
@@ -589,6 +653,9 @@ class Supervisor:
         old = list(self.children)
         self.retiring.update(old)
         self.children = {}
+        # A worker that died just before the reload left its slot waiting for a respawn: the new
+        # generation fills every slot, so that respawn would be one worker too many.
+        self.pending_respawn = []
         self._spawn_generation()
         for pid in old:
             _kill(pid, DRAIN_SIGNAL)
@@ -607,18 +674,19 @@ class Supervisor:
             log.info("metrics on http://%s/metrics", self.metrics_server.listen)
         self._spawn_generation()
         worst = 0
-        pending_respawn: list[int] = []
-        while self.children or self.retiring or pending_respawn:
-            if pending_respawn:
+        while self.children or self.retiring or self.pending_respawn:
+            if self.pending_respawn:
                 info = signal.sigtimedwait(_SUPERVISOR_SIGNALS, RESPAWN_DELAY)
             else:
                 info = signal.sigwaitinfo(_SUPERVISOR_SIGNALS)
             if info is None:  # respawn delay over
                 if not self.stopping:
-                    for slot in pending_respawn:
-                        log.warning("restarting worker %d", slot)
-                        self._spawn(slot)
-                pending_respawn = []
+                    running = set(self.children.values())
+                    for slot in self.pending_respawn:
+                        if slot not in running:
+                            log.warning("restarting worker %d", slot)
+                            self._spawn(slot)
+                self.pending_respawn = []
                 continue
             if info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
                 self.stopping = True
@@ -645,7 +713,7 @@ class Supervisor:
                     worst = max(worst, abs(code))
                     continue
                 log.error("worker %d (pid %d) exited unexpectedly with status %d", slot, pid, code)
-                pending_respawn.append(slot)
+                self.pending_respawn.append(slot)
         # The signals stay blocked: a second SIGTERM sent while we stopped must not kill the
         # process on its way out (it is about to exit anyway).
         log.info("all workers stopped")

@@ -152,3 +152,62 @@ def test_sighup_with_a_broken_configuration_keeps_the_old_one(start_milter, worl
     _, mods, _ = run(milter, sender="<a@pass.example>")
     assert len(mods) == 3  # still both header types
     assert milter.stop() == 0
+
+
+def _start_as_root(tmp_path, extra: str, dns_server):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"socket = unix:{tmp_path}/m.sock\nuser = nobody\ndns_servers = 127.0.0.1:{dns_server.port}\n"
+                    + extra)
+    try:
+        return subprocess.run([sys.executable, "-m", "spfmilter", "-c", str(conf)], capture_output=True,
+                              text=True, timeout=60, cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    except subprocess.TimeoutExpired as exc:  # it started (and has been killed): it did not refuse
+        pytest.fail(f"the daemon started instead of refusing: {exc.stderr}")
+
+
+def _plant_victim(tmp_path) -> tuple[Path, os.stat_result]:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.chmod(victim, 0o600)
+    return victim, os.stat(victim)
+
+
+def _assert_untouched(victim: Path, before: os.stat_result) -> None:
+    after = os.stat(victim)
+    assert victim.read_text() == "precious\n"
+    assert (after.st_mode, after.st_uid, after.st_gid) == (before.st_mode, before.st_uid, before.st_gid)
+
+
+def test_a_symlink_at_the_pid_file_path_is_refused_not_written_through(tmp_path, dns_server):
+    victim, before = _plant_victim(tmp_path)
+    pid_file = tmp_path / "m.pid"
+    pid_file.symlink_to(victim)
+    proc = _start_as_root(tmp_path, f"pid_file = {pid_file}\n", dns_server)
+    assert proc.returncode == 1, proc.stderr
+    assert f"cannot start: pid file {pid_file} is a symbolic link" in proc.stderr
+    _assert_untouched(victim, before)
+    assert pid_file.is_symlink() and not (tmp_path / "m.sock").exists()
+
+
+def test_a_symlink_at_the_socket_path_is_refused_not_chowned(tmp_path, dns_server):
+    victim, before = _plant_victim(tmp_path)
+    (tmp_path / "m.sock").symlink_to(victim)
+    proc = _start_as_root(tmp_path, "socket_group = nogroup\nsocket_mode = 0666\n", dns_server)
+    assert proc.returncode == 1, proc.stderr
+    assert f"cannot listen on unix:{tmp_path}/m.sock: {tmp_path}/m.sock is a symbolic link" in proc.stderr
+    _assert_untouched(victim, before)
+
+
+def test_a_hard_link_at_the_pid_file_path_is_replaced_not_written_through(start_milter, world, tmp_path):
+    victim, before = _plant_victim(tmp_path)
+    pid_file = tmp_path / "m.pid"
+    os.link(victim, pid_file)
+    milter = start_milter(f"user = nobody\npid_file = {pid_file}", fresh=True)
+    assert pid_file.read_text() == f"{milter.proc.pid}\n"
+    _assert_untouched(victim, before)
+    assert milter.stop() == 0

@@ -276,6 +276,20 @@ def test_trusted_networks_and_authenticated_senders_are_not_checked(start_milter
     assert replies["rcpt"][0].code == 550
 
 
+def test_ipv4_mapped_trusted_network_trusts_the_client_in_either_form(start_milter, world):
+    """``::ffff:10.0.0.0/104`` is 10.0.0.0/8: the client is trusted whether the MTA gives it as
+    10.1.2.3 or as ::ffff:10.1.2.3 (the milter unmaps the client address)."""
+    milter = start_milter("mode = enforce\ntrusted_networks = ::ffff:10.0.0.0/104")
+    for ip, family in (("10.1.2.3", "4"), ("::ffff:10.1.2.3", "6")):
+        replies, mods, _ = run(milter, sender="<x@fail.example>", ip=ip, family=family)
+        assert replies["rcpt"][0].action in PASSED_ON, ip
+        assert mods == [], ip
+    skipped = milter.log_lines('skipped="trusted network 10.0.0.0/8"')
+    assert len(skipped) == 2 and all("client-ip=10.1.2.3" in line for line in skipped), milter.logs()
+    replies, _, _ = run(milter, sender="<x@fail.example>", ip="11.1.2.3")  # outside: checked, refused
+    assert replies["rcpt"][0].code == 550
+
+
 def test_authenticated_senders_checked_when_not_trusted(start_milter, world):
     milter = start_milter("mode = enforce\ntrust_authenticated = no")
     replies, _, _ = run(milter, sender="<x@fail.example>", mail_macros={"{auth_authen}": "alice"})

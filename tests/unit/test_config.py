@@ -476,6 +476,36 @@ def test_bad_trusted_networks(raw, bad):
     assert "'loopback'" in problem
 
 
+@pytest.mark.parametrize("raw, expected", [
+    # IPv4-mapped networks stand for the IPv4 network (the milter unmaps client addresses)
+    ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+    ("::FFFF:10.1.2.3/104", "10.0.0.0/8"),  # host bits ignored, as for other networks
+    ("::ffff:192.0.2.7", "192.0.2.7/32"),
+    ("::ffff:c000:200/120", "192.0.2.0/24"),
+    ("::ffff:0.0.0.0/96", "0.0.0.0/0"),
+])
+def test_ipv4_mapped_trusted_networks_become_ipv4(raw, expected):
+    assert parse(f"trusted_networks = {raw}").trusted_networks == (ipaddress.ip_network(expected),)
+
+
+@pytest.mark.parametrize("raw", ["::ffff:10.0.0.0/95", "::ffff:10.0.0.0/64", "loopback, ::ffff:0:0/0"])
+def test_ipv4_mapped_network_shorter_than_96_is_an_error(raw):
+    [problem] = problems(f"# comment\ntrusted_networks = {raw}")
+    assert problem.startswith("test.conf:2: bad value for 'trusted_networks': ")
+    assert "IPv4-mapped network needs a prefix of /96 or longer" in problem
+
+
+@pytest.mark.parametrize("client", ["10.1.2.3", "::ffff:10.1.2.3", "::FFFF:A01:203"])
+def test_ipv4_mapped_trusted_network_trusts_the_client_in_either_form(client):
+    from spfmilter.policy import Facts, trust_reason
+    from spfmilter.verify import normalise_ip
+
+    config = parse("trusted_networks = ::ffff:10.0.0.0/104")
+    facts = Facts(normalise_ip(client), "helo.example", "a@example.org")  # as the milter's connect does
+    assert trust_reason(facts, config) == "trusted network 10.0.0.0/8"
+    assert trust_reason(Facts("11.1.2.3", "helo.example", "a@example.org"), config) is None
+
+
 # --------------------------------------------------------------------------- dns_servers
 
 @pytest.mark.parametrize("raw, expected", [
