@@ -85,7 +85,7 @@ SCENARIOS = 16
 TESTS = 203
 MISSING = (f"the RFC 7208 test suite {SUITE.relative_to(ROOT)} is missing: run ./dev.sh install "
            "(it fetches pyspf's source distribution from PyPI and unpacks the suite)")
-TIMEOUT_BUDGET = 0.5
+TIMEOUT_BUDGET = 1.5  # seconds; generous, so that a loaded machine cannot time out an answered query
 REFUSED_RCPT = "<someone@mx.test>"
 EXEMPT_RCPT = "<postmaster@mx.test>"
 MILTER_CONFIG = f"""mode = enforce
