@@ -5,7 +5,7 @@
 #                                 dependencies) and run the whole test suite
 #   ./dev.sh run [SPFMILTER ARGS] install what is needed and run the milter in the foreground
 #                                 (built-in defaults: header-only, inet:8890@127.0.0.1, stderr)
-#   ./dev.sh install              only install
+#   ./dev.sh install              only install (including the RFC 7208 test suite, see below)
 #   ./dev.sh reliability          the full-size reliability run; writes docs/RELIABILITY.md
 #
 # Runs as root on Debian 12 (bookworm); idempotent, so it is cheap to run again.
@@ -136,6 +136,39 @@ install_venv() {
     fi
 }
 
+# The RFC 7208 conformance suite (the openspf test suite, test/rfc7208-tests.yml in pyspf's
+# source distribution) that tests/milter/test_rfc7208_suite.py replays through the milter.
+# It is fetched from PyPI with pip, checked against the hash pinned here, and unpacked into
+# $SUITE_DIR (git-ignored) instead of being committed.  Re-runs only look at a stamp file.
+# To move to another pyspf release, update both values and SUITE_SHA256 in the test module.
+PYSPF_SDIST_VERSION=2.0.14
+PYSPF_SDIST_SHA256=57a7ef01bda090173aafb6af0106251686ed73f03db4e911fcd34c57fc347186
+SUITE_DIR=tests/data-cache
+
+fetch_rfc_suite() {
+    stamp="$SUITE_DIR/.pyspf-$PYSPF_SDIST_VERSION.sha256-$PYSPF_SDIST_SHA256"
+    [ -f "$stamp" ] && [ -f "$SUITE_DIR/rfc7208-tests.yml" ] && return 0
+    log "fetching the RFC 7208 test suite from the pyspf $PYSPF_SDIST_VERSION source distribution on PyPI"
+    tmp=$(mktemp -d)
+    "$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: -d "$tmp" "pyspf==$PYSPF_SDIST_VERSION" \
+        || { rm -rf "$tmp"; log "could not download the pyspf $PYSPF_SDIST_VERSION source distribution"; exit 1; }
+    sdist="$tmp/pyspf-$PYSPF_SDIST_VERSION.tar.gz"
+    actual=$(sha256sum "$sdist" 2>/dev/null | cut -d' ' -f1)
+    if [ "$actual" != "$PYSPF_SDIST_SHA256" ]; then
+        rm -rf "$tmp"
+        log "pyspf-$PYSPF_SDIST_VERSION.tar.gz has sha256 ${actual:-(missing)}, expected $PYSPF_SDIST_SHA256; not using it"
+        exit 1
+    fi
+    tar --no-same-owner -xzf "$sdist" -C "$tmp" "pyspf-$PYSPF_SDIST_VERSION/test/rfc7208-tests.yml" \
+        "pyspf-$PYSPF_SDIST_VERSION/test/rfc7208-tests.LICENSE" \
+        || { rm -rf "$tmp"; log "test/rfc7208-tests.yml is not in pyspf-$PYSPF_SDIST_VERSION.tar.gz"; exit 1; }
+    mkdir -p "$SUITE_DIR"
+    rm -f "$SUITE_DIR"/.pyspf-*
+    mv "$tmp/pyspf-$PYSPF_SDIST_VERSION/test/rfc7208-tests.yml" "$tmp/pyspf-$PYSPF_SDIST_VERSION/test/rfc7208-tests.LICENSE" "$SUITE_DIR/"
+    rm -rf "$tmp"
+    touch "$stamp"
+}
+
 command=${1:-test}
 [ $# -gt 0 ] && shift
 case "$command" in
@@ -144,12 +177,14 @@ case "$command" in
         install_sendmail
         install_postsrsd
         install_venv
+        fetch_rfc_suite
         ;;
     test)
         install_packages
         install_sendmail
         install_postsrsd
         install_venv
+        fetch_rfc_suite
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     run)

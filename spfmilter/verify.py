@@ -90,6 +90,29 @@ class _Query(spf.query):
                 raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
         return result
 
+    def validated_ptrs(self):
+        """The client's validated domain names, for ``ptr`` and ``%{p}`` (RFC 7208 section 5.5).
+
+        pyspf lets any DNS error here end the whole check in temperror.  Section 5.5 says
+        otherwise: a DNS error in the PTR lookup means no names (the mechanism does not
+        match, and section 7.3 makes ``%{p}`` "unknown"), and a name whose address lookup
+        fails -- e.g. a CNAME loop (RFC 1034 section 3.6.2) -- is skipped and the search
+        goes on.  At most the first 10 PTR names are looked at (section 4.6.4).
+        """
+        try:
+            names = self.dns_ptr(self.i)
+        except spf.TempError:
+            return []
+        validated = []
+        for name in names[:spf.MAX_PTR]:
+            try:
+                addresses = self.dns_a(name, self.A)
+            except spf.TempError:
+                continue
+            if self.cidrmatch(addresses, self.cidrmax):
+                validated.append(name)
+        return validated
+
 
 @dataclass(frozen=True)
 class Address:

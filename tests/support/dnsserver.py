@@ -56,8 +56,11 @@ __all__ = ["DNSServer", "FAULT_MODES"]
 
 log = logging.getLogger(__name__)
 
+# "answer" is the absence of a fault: set for one (name, qtype) it exempts that type from a
+# fault set for the whole name or by default_fault (e.g. a name that answers TXT but never
+# answers anything else, as the RFC 7208 test suite's TIMEOUT entries describe).
 FAULT_MODES = frozenset(
-    {"timeout", "servfail", "refused", "nxdomain", "truncate", "malformed"}
+    {"timeout", "servfail", "refused", "nxdomain", "truncate", "malformed", "answer"}
 )
 
 _RCODE_FAULTS = {
@@ -440,7 +443,8 @@ class DNSServer:
     ) -> None:
         """Inject a fault for ``name`` (and ``qtype``, None = all types).
 
-        ``mode=None`` removes the fault.
+        ``mode=None`` removes the fault.  ``mode="answer"`` with a ``qtype`` answers that
+        type normally even though the name (or ``default_fault``) has a fault.
         """
         key = (_name_key(name), None if qtype is None else _rdtype_text(qtype))
         with self._lock:
@@ -565,7 +569,7 @@ class DNSServer:
             mode = self._faults.get((qkey, None))
         if mode is None:
             mode = self._default_fault
-        return mode
+        return None if mode == "answer" else mode
 
     def _handle(self, wire: bytes, proto: str) -> tuple[bytes | None, float]:
         """Process one query.  Returns (reply wire or None to drop, delay)."""

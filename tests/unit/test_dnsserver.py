@@ -393,6 +393,20 @@ def test_fault_per_qtype(srv):
     assert texts(a) == ["192.0.2.1"]
 
 
+def test_fault_answer_exempts_one_type_from_a_name_wide_timeout(srv):
+    srv.add("half.example.com", "TXT", "v=spf1 -all")
+    srv.fault("half.example.com", "timeout")
+    srv.fault("half.example.com", "answer", qtype="TXT")
+    assert txt_strings(resolver(srv).resolve("half.example.com", "TXT")) == [b"v=spf1 -all"]
+    with pytest.raises(dns.exception.Timeout):
+        udp(srv, "half.example.com", "A", timeout=0.3)
+    srv.default_fault = "servfail"
+    srv.fault("ok.example.com", "answer", qtype="A")
+    srv.add("ok.example.com", "A", "192.0.2.9")
+    assert texts(udp(srv, "ok.example.com", "A")) == ["192.0.2.9"]
+    assert udp(srv, "ok.example.com", "MX").rcode() == dns.rcode.SERVFAIL
+
+
 def test_fault_truncate(srv):
     srv.add("t.example.com", "TXT", "short")
     srv.fault("t.example.com", "truncate")

@@ -406,6 +406,53 @@ def test_explanation_for_helo(verifier, srv):
 
 
 # ---------------------------------------------------------------------------
+# RFC 7208 section 5.5: validated PTR names (the ptr mechanism and the %{p} macro)
+# ---------------------------------------------------------------------------
+
+PTR_LOOP_FIRST = "192.0.2.44"  # PTR names: a CNAME loop, then a name that validates
+PTR_LOOP_ONLY = "192.0.2.46"  # PTR name: only the CNAME loop
+PTR_BROKEN = "192.0.2.45"  # the PTR lookup itself fails (SERVFAIL)
+PTR_ZONE = {
+    "44.2.0.192.in-addr.arpa": {"PTR": ["loop.ptrs.example.", "good.ptrs.example."]},
+    "46.2.0.192.in-addr.arpa": {"PTR": "loop.ptrs.example."},
+    "loop.ptrs.example": {"CNAME": "loop.ptrs.example."},
+    "good.ptrs.example": {"A": PTR_LOOP_FIRST},
+    "ptr.ptrs.example": {"TXT": "v=spf1 ptr:ptrs.example -all"},
+    "p.ptrs.example": {"TXT": "v=spf1 -all exp=why.ptrs.example"},
+    "why.ptrs.example": {"TXT": "connect from %{p}"},
+}
+
+
+@pytest.fixture(scope="module")
+def ptr_srv(srv):
+    srv.load(PTR_ZONE)
+    srv.fault("45.2.0.192.in-addr.arpa", "servfail")
+    return srv
+
+
+@pytest.mark.parametrize("ip, result, mechanism", [
+    (PTR_LOOP_FIRST, R.PASS, "ptr:ptrs.example"),  # the loop is skipped, the next name matches
+    (PTR_LOOP_ONLY, R.FAIL, "-all"),  # nothing validates: no match
+    (PTR_BROKEN, R.FAIL, "-all"),  # "a DNS error ... doing the PTR RR lookup": no match
+])
+def test_ptr_names_that_cannot_be_validated_are_skipped(ptr_srv, ip, result, mechanism):
+    """RFC 7208 section 5.5: a DNS error (here a CNAME loop, RFC 1034 section 3.6.2) while
+    looking up a PTR name's addresses skips that name; one in the PTR lookup fails to match.
+    Neither makes the whole check a temperror."""
+    verifier = Verifier(client_for(ptr_srv), receiver="mx.test", budget=5.0)
+    _, outcome = verifier.verify(ip, HELO, "dave@ptr.ptrs.example")
+    assert (outcome.result, outcome.mechanism) == (result, mechanism)
+
+
+@pytest.mark.parametrize("ip", [PTR_LOOP_ONLY, PTR_BROKEN])
+def test_p_macro_is_unknown_when_no_name_validates(ptr_srv, ip):
+    """RFC 7208 section 7.3: with no validated name, or a DNS error, %{p} is "unknown"."""
+    verifier = Verifier(client_for(ptr_srv), receiver="mx.test", budget=5.0)
+    _, outcome = verifier.verify(ip, HELO, "dave@p.ptrs.example")
+    assert (outcome.result, outcome.explanation) == (R.FAIL, "connect from unknown")
+
+
+# ---------------------------------------------------------------------------
 # RFC 7208 section 4.6.4 limits
 # ---------------------------------------------------------------------------
 
