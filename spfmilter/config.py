@@ -498,8 +498,8 @@ KEYS: tuple[Key, ...] = (
     Key("srs_max_age", _int_parser(1, 1000, " days"), "21", "Days an SRS address stays valid for bounces."),
     Key("srs_separator", parse_separator, "=", "Character after `SRS0`/`SRS1` in the addresses we write: `=`, `+` or `-`."),
     Key("local_domains", parse_domains, "",
-        "Domains delivered on this host: senders in them are never rewritten, recipients outside them "
-        "count as forwarded."),
+        "Domains delivered on this host: senders in them keep their address when the client is trusted "
+        "or logged in (from anyone else they are rewritten), recipients outside them count as forwarded."),
     Key("srs_forward_table", parse_path, "",
         "A file in Postfix virtual(5) source format; recipients listed there with a target outside "
         "local_domains count as forwarded (e.g. /etc/postfix/virtual)."),

@@ -253,7 +253,10 @@ def render_spfmilter8() -> str:
     out += _para(
         "It then adds an " + bold("Authentication-Results") + " header (RFC 8601) and/or "
         + bold("Received-SPF") + " headers (RFC 7208 section 9.1), as set by " + bold("header_type")
-        + ", and removes forged copies of those headers that claim to come from this host.")
+        + ", and removes forged copies of those headers that claim to come from this host, read as "
+        "leniently as downstream parsers read them (quotes, escapes, comments and white space "
+        "around dots do not hide the authserv-id); only clients in " + bold("trusted_networks")
+        + " keep them.")
     out += _para(
         "In " + bold("header-only") + " mode (the default) nothing is ever refused; every message "
         "that enforcement would have refused is logged with " + bold("action=would-reject")
@@ -262,7 +265,9 @@ def render_spfmilter8() -> str:
         + bold("550 5.7.23") + " for an SPF fail (quoting the domain's explanation when it "
         "publishes one), " + bold("550 5.7.24") + " for a permerror chosen for rejection, and "
         + bold("451 4.7.24") + " for a temperror. Recipients listed in "
-        + bold("exempt_recipients") + " (postmaster@ and abuse@ by default) are never refused.")
+        + bold("exempt_recipients") + " (postmaster@ and abuse@ by default) are never refused. "
+        "A recipient the MTA may route elsewhere (a %, ! or quoted @ in its local part, or an "
+        "address literal) is enforced whenever any enforcement applies, whatever its written domain.")
     out += _para(
         "Clients in " + bold("trusted_networks") + " (loopback by default) and SASL-authenticated "
         "senders are not checked. Without a command, spfmilter runs in the foreground until it is "
