@@ -9,10 +9,13 @@ from spfmilter.text import (
     REPLY_TEXT_LIMIT,
     VALUE_LIMIT,
     clean,
+    clip_address,
     comment_text,
     dot_atom_or_quoted,
     fold,
     is_dot_atom,
+    log_address,
+    log_value,
     quoted_string,
     reply_text,
 )
@@ -231,3 +234,35 @@ def test_fold_breaks_before_space_near_width():
     first = "Authentication-Results: " + lines[0]
     assert len(first) <= 78 and len(first) + len(" abcdefghi") > 78
     assert all(len(line) <= 78 for line in lines[1:])
+
+
+LONG_SENDER = '"' + "a" * 239 + '@bank.example"@attacker.example'
+
+
+@pytest.mark.parametrize("text, limit, expected", [
+    ("a@b.example", 256, "a@b.example"),
+    ("a" * 30 + "@b.example", 20, "a" * 7 + "...@b.example"),
+    ("x" * 30, 20, "x" * 17 + "..."),  # no domain: a plain cut
+    ("a@" + "d" * 30, 20, "a@" + "d" * 15 + "..."),  # a domain that cannot fit: a plain cut
+])
+def test_clip_address(text, limit, expected):
+    assert clip_address(text, limit) == expected
+    assert len(clip_address(text, limit)) <= limit
+
+
+def test_a_long_sender_keeps_the_domain_that_was_checked():
+    clipped = clip_address(LONG_SENDER)
+    assert clipped.endswith("...@attacker.example") and len(clipped) == 256
+    assert clean(LONG_SENDER).endswith("@bank.example...")  # what a plain cut would show
+    assert log_address(LONG_SENDER).endswith('...@attacker.example"')
+
+
+@pytest.mark.parametrize("value, logged", [
+    ("plain.token@x", "plain.token@x"),
+    ("x; reason=expired", '"x; reason=expired"'),
+    ('a"b', '"a\\"b"'),
+    ("two words", '"two words"'),
+    ("", '""'),
+])
+def test_log_value_quotes_anything_that_could_add_a_field(value, logged):
+    assert log_value(value) == logged
