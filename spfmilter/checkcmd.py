@@ -36,7 +36,7 @@ def milter_view(evaluation, recipient: str, config: Config) -> str:
     reply = rcpt_reply(evaluation, recipient, config)
     if reply.refuses and held_for_dkim(evaluation, config):
         return text + (f"SMTP reply: 250 at RCPT (spf_fail_hold = dkim); at the end of the message: "
-                       f"{reply.reply}, unless a DKIM signature aligned with From: verifies\n")
+                       f"{reply.reply}, unless a DKIM signature aligned with From: and MAIL FROM verifies\n")
     if reply.refuses:
         return text + f"SMTP reply: {reply.reply}\n"
     if evaluation.decision.refuses:
