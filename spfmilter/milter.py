@@ -408,6 +408,7 @@ class SpfMilter(Milter.Base):
     def _refuse_held(self, tx: _Transaction, verdict: str, results) -> int:
         decision = tx.evaluation.decision
         summary = ", ".join(f"{r.result}:{hdr_value(r.domain)}{'' if r.aligned else '(unaligned)'}"
+                            + (f" [{hdr_value(r.problem)}]" if r.problem and r.aligned else "")
                             for r in results) or "no signature"
         if verdict == "defer":
             self.setreply("451", "4.4.3", "Temporary DNS failure checking the DKIM signature; please try again later")
