@@ -103,6 +103,12 @@ def rows(f: dict) -> list[tuple[str, str, str]]:
                 f"{srs.get('accepted', '?')} accepted, {srs.get('relayed_to_forged', '?')} relayed; "
                 f"{srs.get('genuine_accepted', '?')}/{srs.get('genuine_mixed_in', '?')} genuine ones accepted"
                 if srs else "not run"))
+    dkim = get("hostile_dkim")
+    out.append(("Hostile DKIM input on held SPF fails (huge keys and exponents, oversized key record and b=, "
+                "many signatures, huge header sections)", f"{dkim.get('cases', 0)} cases",
+                f"{dkim.get('refused', '?')} got the SPF refusal, {dkim.get('spared', '?')} spared; worst end of "
+                f"message {dkim.get('worst_seconds', '?')} s ({dkim.get('worst_cpu_seconds', '?')} s CPU)"
+                if dkim else "not run"))
     priv = get("privileges")
     secrets = get("secrets_file")
     out.append(("Privileges and secrets", "daemon started as root with user = nobody",
@@ -118,7 +124,7 @@ def verdict(f: dict) -> list[str]:
     checks = [("fuzz", "crashes"), ("fuzz", "hung"), ("fuzz", "bad_headers"), ("soak", "errors"), ("soak", "wrong"),
               ("shutdown", "lost"), ("reload", "lost"), ("restart", "lost"), ("restart", "duplicates"),
               ("restart", "unchecked"), ("forged_headers", "wrong"), ("srs_forgery", "accepted"),
-              ("srs_forgery", "relayed_to_forged")]
+              ("srs_forgery", "relayed_to_forged"), ("hostile_dkim", "spared")]
     for section, key in checks:
         value = f.get(section, {}).get(key)
         if value is None:
@@ -146,7 +152,7 @@ def render(f: dict, long: bool, rc: int, seconds: float) -> str:
     lines += ["", "**Verdict:** " + ("0 crashes, 0 lost messages, 0 forged accepted." if not problems and rc == 0
                                      else "PROBLEMS: " + "; ".join(problems or [f"pytest exit status {rc}"]))]
     lines += ["", "Where each figure comes from: tests/reliability/ (test_dns_faults, test_protocol_abuse, "
-              "test_fuzz, test_soak, test_shutdown, test_security, test_failure_policy) and "
+              "test_fuzz, test_soak, test_shutdown, test_security, test_hostile_dkim, test_failure_policy) and "
               "tests/mta/test_postfix_spfmilter.py::test_milter_restart_under_load_loses_no_message. The same "
               "tests run in CI at small sizes (`./dev.sh test`).", ""]
     return "\n".join(lines)
