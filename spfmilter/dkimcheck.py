@@ -34,6 +34,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+# The IDNA codecs are imported on first use; load them now, while the daemon can still read
+# the standard library (workers run after the privilege drop; publicsuffixlist needs them).
+import encodings.idna  # noqa: F401
+import encodings.punycode  # noqa: F401
 import email.errors
 import email.parser
 import email.policy
