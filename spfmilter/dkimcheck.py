@@ -54,6 +54,7 @@ import dkim.util
 from publicsuffixlist import PublicSuffixList
 
 from .config import is_hostname
+from .text import clean
 
 log = logging.getLogger("spfmilter.dkim")
 
@@ -301,9 +302,14 @@ def _count_only(header_block: bytes) -> list:
 def _verify_one(message: bytes, index: int, txt: Callable[[str], Optional[bytes]]) -> tuple[str, str]:
     """(RFC 8601 result, problem) of the index-th signature, with the key checked before use."""
     def lookup(name, timeout=5):
-        record = txt(name.decode("ascii", "replace") if isinstance(name, bytes) else name)
+        text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        record = txt(text)
         if record is not None:
-            check_key(record)
+            try:
+                check_key(record)
+            except KeyRefused as exc:
+                log.warning("dkim=permerror; key %s refused: %s", clean(text.rstrip("."), 255), exc)
+                raise
         return record
 
     try:
@@ -312,7 +318,6 @@ def _verify_one(message: bytes, index: int, txt: Callable[[str], Optional[bytes]
     except DkimDnsError as exc:
         return "temperror", str(exc)
     except KeyRefused as exc:
-        log.warning("dkim=permerror; key refused: %s", exc)
         return "permerror", f"key refused: {exc}"
     except dkim.DKIMException as exc:  # a body changed on the way is a plain fail (RFC 6376 6.3)
         return ("fail" if "body hash mismatch" in str(exc) else "permerror"), str(exc)

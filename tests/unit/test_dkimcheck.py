@@ -175,6 +175,7 @@ def test_keys_too_costly_to_use_are_refused_before_verification():
     check_key(b"not a key record at all")
     for record, words in [(hostile_key_record(), "RSA key of 8192 bits is larger than 4096"),
                           (rsa_key_record(2 ** 4096 + 1, 65537), "RSA key of 4097 bits"),
+                          (rsa_key_record(2 ** 8191 + 1, 65537, pkcs1=True), "RSA key of 8192 bits"),
                           (rsa_key_record(2 ** 2047 + 1, 2 ** 32 + 1), "RSA public exponent of 33 bits"),
                           ("v=DKIM1; n=" + "x" * 5000 + "; p=", "key record of 5015 bytes is longer than 4096")]:
         with pytest.raises(KeyRefused, match=words):
