@@ -16,7 +16,7 @@ VENV=${SPFMILTER_VENV:-.venv}
 # Debian packages: the compiler and headers pymilter builds against, the Python venv
 # module, the MTAs the end-to-end tests drive, and the tools that check the man pages
 # and the systemd unit.
-PACKAGES="gcc libc6-dev python3 python3-dev python3-venv libmilter-dev postfix groff-base man-db systemd"
+PACKAGES="gcc libc6-dev python3 python3-dev python3-venv libmilter-dev postfix groff-base man-db systemd publicsuffix"
 
 log() { printf 'dev.sh: %s\n' "$*" >&2; }
 

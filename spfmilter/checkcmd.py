@@ -38,8 +38,8 @@ def milter_view(evaluation, recipient: str, config: Config) -> str:
     text = render(spf_headers(*evaluation.outcomes, evaluation.facts, config, note)) + "\n"
     if held:
         return text + (f"SMTP reply: 250 at RCPT (spf_fail_hold = dkim); at the end of the message: "
-                       f"{reply.reply}, unless a DKIM signature aligned with From: verifies (then the "
-                       f"headers above are added)\n")
+                       f"{reply.reply}, unless a DKIM signature aligned with From: and MAIL FROM verifies "
+                       f"(then the headers above are added)\n")
     if reply.refuses:
         return text + f"SMTP reply: {reply.reply}\n"
     if evaluation.decision.refuses:

@@ -515,8 +515,9 @@ KEYS: tuple[Key, ...] = (
         "Sender domains whose SPF results never refuse a message (a partner with a broken record): "
         "marked and logged as `would-reject` only."),
     Key("spf_fail_hold", _enum_parser(FailHold), "none",
-        "`dkim`: hold a refusal for an SPF fail until the end of the message and accept the message "
-        "when it has a valid DKIM signature aligned with its From: domain (RFC 7489 section 10.1)."),
+        "`dkim`: hold a refusal for an SPF fail of MAIL FROM until the end of the message and accept the "
+        "message when it has a valid DKIM signature whose d= has the same organisational domain (Public "
+        "Suffix List) as its From: and MAIL FROM domains (RFC 7489 sections 3.1.1 and 10.1)."),
     Key("metrics_listen", parse_listen, "",
         "`HOST:PORT` of the Prometheus metrics page, e.g. `127.0.0.1:9899` (keep it on loopback); "
         "empty: no metrics."),

@@ -1,41 +1,86 @@
-"""DKIM signatures aligned with the From: domain, for DMARC-aware SPF rejection (on dkimpy).
+"""DKIM signatures aligned with the From: and MAIL FROM domains, for DMARC-aware SPF rejection (on dkimpy).
 
 RFC 7489 section 10.1: rejecting on an SPF fail before DMARC is evaluated loses mail that
 a forwarder passed on unchanged and that DKIM would have authenticated.  With
 ``spf_fail_hold = dkim`` the milter keeps such a rejection until the end of the message
-and spares the message when one of its DKIM signatures verifies and is aligned with the
-From: domain (RFC 7489 section 3.1.1).
+and spares the message when one of its DKIM signatures verifies and is aligned.
 
-Alignment is "relaxed" as in DMARC, approximated without the Public Suffix List: the
-signing domain (d=) must equal the From: domain or be a parent or child of it, with at
-least two labels.  A bare public suffix (``co.uk``) publishes no DKIM keys, so a
-signature made for it cannot verify.
+Alignment is DMARC's "relaxed" alignment (RFC 7489 section 3.1.1) by organisational
+domain (section 3.2, from the Public Suffix List): the signing domain (d=), the From:
+domain *and* the domain whose SPF fail is held (MAIL FROM) must all have the same
+organisational domain.  Otherwise anybody with a DKIM key of their own could sign a
+message and use any envelope domain.  A public suffix (``co.uk``, ``github.io``) has no
+organisational domain, so nothing aligns with it.
+
+Verification has a cost limit, because dkimpy does its RSA arithmetic in Python on
+whatever key a DNS record holds:
+
+* only signatures whose d= is aligned are verified, at most :data:`MAX_VERIFIED` of them,
+  and none is started after the caller's deadline;
+* a key record is checked before dkimpy uses it: an RSA modulus over
+  :data:`MAX_MODULUS_BITS` bits, a public exponent over :data:`MAX_EXPONENT` or a record
+  longer than :data:`MAX_KEY_RECORD` bytes is refused (permerror);
+* a signature whose b= is longer than the largest key allows, or whose h= lists more than
+  :data:`MAX_SIGNED_FIELDS` fields, is not verified (permerror);
+* a message whose header section is bigger than :data:`MAX_HEADER_BYTES` or has more than
+  :data:`MAX_HEADER_LINES` lines is not verified at all (dkimpy's header parsing is not
+  linear in those).
+
+A signature that is not verified because of these rules gets the RFC 8601 section 2.7.1
+result ``policy`` ("some aspect of the signature ... was not acceptable to the ADMD"), with
+a problem text starting "not verified".
 """
 from __future__ import annotations
 
+import base64
+import binascii
+# The IDNA codecs are imported on first use; load them now, while the daemon can still read
+# the standard library (workers run after the privilege drop; publicsuffixlist needs them).
+import encodings.idna  # noqa: F401
+import encodings.punycode  # noqa: F401
+import email.errors
 import email.parser
 import email.policy
-import email.utils
 import logging
+import os
 import re
+import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import dkim
+import dkim.crypto
+import dkim.util
+from publicsuffixlist import PublicSuffixList
+
+from .config import is_hostname
+from .text import clean
 
 log = logging.getLogger("spfmilter.dkim")
 
-MAX_SIGNATURES = 5  # a message with more gets the first five checked
+# Debian's publicsuffix package; preferred so that distribution updates apply.
+DEBIAN_PSL = "/usr/share/publicsuffix/public_suffix_list.dat"
+
+MAX_VERIFIED = 3  # aligned signatures verified per message
+MAX_REPORTED = 8  # signatures reported (Authentication-Results, log) per message
+MAX_MODULUS_BITS = 4096  # RFC 8301 section 3.2: verifiers must handle 1024..4096
+MAX_EXPONENT = 2 ** 32
+MAX_KEY_RECORD = 4096  # bytes of key record text: a 4096-bit key's record is about 800
+MAX_SIGNED_FIELDS = 200  # h= entries (oversigning doubles the usual 20 or so)
+MAX_HEADER_BYTES = 256 * 1024  # above any MTA default (Postfix 100 KB, Sendmail 32 KB)
+MAX_HEADER_LINES = 4000
+
+POLICY = "policy"  # RFC 8601 section 2.7.1: signed, but not acceptable to this ADMD
 
 
 @dataclass(frozen=True)
 class DkimResult:
-    """One signature's verdict, in RFC 8601 terms (pass, fail, neutral, temperror, permerror)."""
+    """One signature's verdict, in RFC 8601 terms (pass, fail, policy, neutral, temperror, permerror)."""
 
     result: str
     domain: str = ""  # d=
     selector: str = ""  # s=
-    aligned: bool = False
+    aligned: bool = False  # d= has the organisational domain of From: and of MAIL FROM
     header_b: str = ""  # the first characters of b=, to tell signatures apart (RFC 6008)
     problem: str = ""
 
@@ -44,69 +89,240 @@ class DkimDnsError(Exception):
     """A key could not be fetched now (the caller's DNS reported a temporary failure)."""
 
 
+class KeyRefused(Exception):
+    """A key record that is too costly to use (too big a modulus or exponent)."""
+
+
+class OrgDomains:
+    """Organisational domains (RFC 7489 section 3.2) from one loaded Public Suffix List.
+
+    Build it once per process with :func:`load_org_domains` and pass it on; it is
+    read-only after construction and safe to share between threads.
+    """
+
+    def __init__(self, psl: PublicSuffixList, source: str):
+        self._psl = psl
+        self.source = source  # where the list came from, for the log
+
+    def of(self, domain: str) -> Optional[str]:
+        """The organisational domain of ``domain`` (A-labels, lower case), or None when it is
+        a public suffix itself or no well-formed domain name."""
+        name = _a_label(domain)
+        if name is None or "." not in name:
+            return None
+        return self._psl.privatesuffix(name)
+
+    def aligned(self, *domains: str) -> bool:
+        """True when every one of ``domains`` has the same organisational domain (relaxed
+        alignment, RFC 7489 section 3.1.1)."""
+        orgs = {self.of(domain) for domain in domains}
+        return len(orgs) == 1 and None not in orgs
+
+
+def load_org_domains(paths: Iterable[str] = (DEBIAN_PSL,)) -> OrgDomains:
+    """The Public Suffix List from the first readable file of ``paths``, else the copy that
+    comes with the publicsuffixlist package."""
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        try:
+            with open(path, "rb") as handle:
+                return OrgDomains(PublicSuffixList(handle), path)
+        except (OSError, UnicodeError, ValueError) as exc:
+            log.warning("cannot read the Public Suffix List %s (%s); using the bundled copy", path, exc)
+    return OrgDomains(PublicSuffixList(), "publicsuffixlist package")
+
+
+def _a_label(domain: str) -> Optional[str]:
+    """``domain`` lower-cased, without its trailing dot, with IDNA A-labels; None if malformed."""
+    name = (domain or "").strip().lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    return name if is_hostname(name) and not name.endswith(".") else None
+
+
 def from_domain(header_block: bytes) -> Optional[str]:
-    """The domain of the single author address in From: (RFC 7489 section 6.6.1), else None."""
-    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block)
-    values = message.get_all("From") or []
-    if len(values) != 1:
+    """The domain of the single author address in From: (RFC 7489 section 6.6.1), else None.
+
+    None also when the header section is not UTF-8 (RFC 6532), when there is not exactly
+    one From: field with exactly one mailbox, or when the field does not parse cleanly:
+    a reader and this parser could then disagree about the author.  RFC 5322 section 4
+    obsolete syntax (``John Q. Public <jqp@example.com>``) is accepted, as RFC 5322 requires.
+    """
+    try:
+        text = header_block.decode("utf-8")
+        message = email.parser.HeaderParser(policy=email.policy.default).parsestr(text)
+        fields = message.get_all("From") or []
+        if len(fields) != 1:
+            return None
+        field = fields[0]
+        if any(not isinstance(d, email.errors.ObsoleteHeaderDefect) for d in field.defects):
+            return None
+        groups = field.groups
+        if len(groups) != 1 or groups[0].display_name is not None or len(groups[0].addresses) != 1:
+            return None
+        domain = groups[0].addresses[0].domain
+    except Exception:  # the email package on hostile input (e.g. IndexError for "a@"): no author
         return None
-    addresses = [a for _, a in email.utils.getaddresses([str(values[0])]) if a]
-    if len(addresses) != 1 or "@" not in addresses[0]:
-        return None
-    domain = addresses[0].rpartition("@")[2].strip().lower().rstrip(".")
-    return domain or None
-
-
-def aligned(signing_domain: str, author_domain: str) -> bool:
-    d = signing_domain.lower().rstrip(".")
-    f = author_domain.lower().rstrip(".")
-    if not d or not f:
-        return False
-    if d == f:
-        return True
-    parent, child = (d, f) if len(d) < len(f) else (f, d)
-    return parent.count(".") >= 1 and child.endswith("." + parent)
-
-
-_TAG = re.compile(rb"(?:^|;)\s*([a-z]+)\s*=\s*([^;]*)", re.IGNORECASE)
+    return _a_label(domain)
 
 
 def _tags(signature_value: bytes) -> dict:
-    return {k.lower(): re.sub(rb"\s+", b"", v) for k, v in _TAG.findall(signature_value)}
+    """The tags of a DKIM-Signature value as dkimpy reads them (folding white space removed)."""
+    try:
+        return dkim.util.parse_tag_value(re.sub(rb"\r?\n[ \t]", b" ", signature_value))
+    except Exception:
+        return {}
 
 
-def verify(message: bytes, txt: Callable[[str], Optional[bytes]]) -> list[DkimResult]:
-    """Every DKIM signature of ``message`` (headers and body, CRLF line ends) checked.
+def check_key(record: bytes) -> None:
+    """Raise KeyRefused when the key record is too costly to verify with.
+
+    Parsed as dkimpy will (RFC 6376 section 3.6.1 tags, base64 p= holding a
+    SubjectPublicKeyInfo or an RSAPublicKey); a record dkimpy cannot parse is left to it,
+    as the record length limit already keeps parsing cheap.
+    """
+    if len(record) > MAX_KEY_RECORD:
+        raise KeyRefused(f"key record of {len(record)} bytes is longer than {MAX_KEY_RECORD}")
+    try:
+        tags = dkim.util.parse_tag_value(record)
+        if tags.get(b"k", b"rsa") != b"rsa":
+            return  # ed25519 keys have one size
+        key = dkim.crypto.parse_public_key(base64.b64decode(tags[b"p"]))
+    except Exception:  # dkimpy reports a record it cannot parse itself
+        return
+    bits = key["modulus"].bit_length()
+    if bits > MAX_MODULUS_BITS:
+        raise KeyRefused(f"RSA key of {bits} bits is larger than {MAX_MODULUS_BITS}")
+    if key["publicExponent"] > MAX_EXPONENT:
+        raise KeyRefused(f"RSA public exponent of {key['publicExponent'].bit_length()} bits "
+                         f"is larger than 2^32")
+
+
+def _signature_problem(tags: dict) -> str:
+    """Why a signature is too costly to verify ("" when it is not)."""
+    try:
+        signature = base64.b64decode(re.sub(rb"\s+", b"", tags.get(b"b", b"")))
+    except (binascii.Error, ValueError):
+        return ""  # dkimpy reports it
+    if len(signature) > MAX_MODULUS_BITS // 8:
+        return f"signature of {len(signature)} bytes is longer than a {MAX_MODULUS_BITS}-bit key gives"
+    if tags.get(b"h", b"").count(b":") >= MAX_SIGNED_FIELDS:
+        return f"h= lists more than {MAX_SIGNED_FIELDS} header fields"
+    return ""
+
+
+def _message_problem(header_block: bytes) -> str:
+    """Why a message's header section is too costly for dkimpy ("" when it is not)."""
+    if len(header_block) > MAX_HEADER_BYTES:
+        return f"header section larger than {MAX_HEADER_BYTES} bytes"
+    if header_block.count(b"\n") >= MAX_HEADER_LINES:
+        return f"header section longer than {MAX_HEADER_LINES} lines"
+    return ""
+
+
+def verify(message: bytes, txt: Callable[[str], Optional[bytes]], mail_from_domain: str, orgs: OrgDomains,
+           deadline: float, clock: Callable[[], float] = time.monotonic) -> list[DkimResult]:
+    """The DKIM signatures of ``message`` (headers and body, CRLF line ends), the aligned ones verified.
+
+    A signature is aligned when its d=, the From: domain and ``mail_from_domain`` (the
+    domain whose SPF fail is held) share one organisational domain.  Only aligned
+    signatures are verified, at most MAX_VERIFIED, none started once ``clock()`` has
+    reached ``deadline``; the others are reported as ``policy``.  At most MAX_REPORTED
+    results are returned (the verified ones always).
 
     ``txt(name)`` returns a TXT record's text, None when there is none, and raises
     DkimDnsError on a temporary failure.
     """
-    header_block = message.split(b"\r\n\r\n", 1)[0]
-    author = from_domain(header_block + b"\r\n\r\n")
-    signer = dkim.DKIM(message, logger=log)
-    signatures = [value for name, value in signer.headers if name.lower() == b"dkim-signature"]
-    results = []
-    for index, value in enumerate(signatures[:MAX_SIGNATURES]):
-        tags = _tags(value)
+    header_block = message.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    author = from_domain(header_block + b"\r\n")
+    message_problem = _message_problem(header_block)
+    signatures = _signature_values(header_block) if not message_problem else _count_only(header_block)
+    results, verified = [], []
+    for index, value in enumerate(signatures):
+        tags = _tags(value) if value is not None else {}
         domain = tags.get(b"d", b"").decode("ascii", "replace").lower()
         selector = tags.get(b"s", b"").decode("ascii", "replace")
-        header_b = tags.get(b"b", b"")[:12].decode("ascii", "replace")
-        is_aligned = bool(author) and aligned(domain, author)
+        header_b = re.sub(rb"\s+", b"", tags.get(b"b", b""))[:12].decode("ascii", "replace")
+        is_aligned = bool(author) and bool(domain) and orgs.aligned(domain, author, mail_from_domain)
 
-        def lookup(name, timeout=5):
-            return txt(name.decode("ascii", "replace") if isinstance(name, bytes) else name)
+        def report(result: str, problem: str = "") -> None:
+            results.append(DkimResult(result, domain, selector, is_aligned, header_b, problem[:200]))
 
-        try:
-            ok = dkim.DKIM(message, logger=log).verify(idx=index, dnsfunc=lookup)
-            result, problem = ("pass", "") if ok else ("fail", "signature did not verify")
-        except DkimDnsError as exc:
-            result, problem = "temperror", str(exc)
-        except dkim.DKIMException as exc:  # a body changed on the way is a plain fail (RFC 6376 6.3)
-            result, problem = "fail" if "body hash mismatch" in str(exc) else "permerror", str(exc)
-        except Exception as exc:  # dkimpy on hostile input: never more than a failed signature
-            result, problem = "permerror", f"{type(exc).__name__}: {exc}"
-        results.append(DkimResult(result, domain, selector, is_aligned, header_b, problem[:200]))
-    return results
+        if message_problem:
+            report(POLICY, f"not verified: {message_problem}")
+        elif not is_aligned:
+            report(POLICY, "not verified: d= not aligned with From: and MAIL FROM")
+        elif len(verified) >= MAX_VERIFIED:
+            report(POLICY, f"not verified: at most {MAX_VERIFIED} signatures are verified per message")
+        elif clock() >= deadline:
+            report(POLICY, "not verified: time limit reached")
+        elif problem := _signature_problem(tags):
+            report("permerror", problem)
+        else:
+            verified.append(len(results))
+            report(*_verify_one(message, index, txt))
+    if message_problem and signatures:
+        log.info("dkim=not-checked; %s", message_problem)
+    return _bounded(results, set(verified))
+
+
+def _bounded(results: list, verified: set) -> list:
+    """The verified results and the first others, MAX_REPORTED in all, in header order."""
+    room = MAX_REPORTED - len(verified)
+    kept = []
+    for index, result in enumerate(results):
+        if index in verified:
+            kept.append(result)
+        elif room > 0:
+            kept.append(result)
+            room -= 1
+    return kept
+
+
+def _signature_values(header_block: bytes) -> list:
+    """The values of the DKIM-Signature fields, top first, as dkimpy splits the header section."""
+    try:
+        headers, _ = dkim.rfc822_parse(header_block + b"\r\n")
+    except dkim.DKIMException:
+        return []
+    return [value for name, value in headers if name.lower() == b"dkim-signature"]
+
+
+def _count_only(header_block: bytes) -> list:
+    """One placeholder per DKIM-Signature field, found without dkimpy's parser (too costly here)."""
+    return [None] * len(re.findall(rb"(?im)^dkim-signature[ \t]*:", header_block))
+
+
+def _verify_one(message: bytes, index: int, txt: Callable[[str], Optional[bytes]]) -> tuple[str, str]:
+    """(RFC 8601 result, problem) of the index-th signature, with the key checked before use."""
+    def lookup(name, timeout=5):
+        text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        record = txt(text)
+        if record is not None:
+            try:
+                check_key(record)
+            except KeyRefused as exc:
+                log.warning("dkim=permerror; key %s refused: %s", clean(text.rstrip("."), 255), exc)
+                raise
+        return record
+
+    try:
+        ok = dkim.DKIM(message, logger=log).verify(idx=index, dnsfunc=lookup)
+        return ("pass", "") if ok else ("fail", "signature did not verify")
+    except DkimDnsError as exc:
+        return "temperror", str(exc)
+    except KeyRefused as exc:
+        return "permerror", f"key refused: {exc}"
+    except dkim.DKIMException as exc:  # a body changed on the way is a plain fail (RFC 6376 6.3)
+        return ("fail" if "body hash mismatch" in str(exc) else "permerror"), str(exc)
+    except Exception as exc:  # dkimpy on hostile input: never more than a failed signature
+        return "permerror", f"{type(exc).__name__}: {exc}"
 
 
 def aligned_pass(results: list[DkimResult]) -> Optional[DkimResult]:

@@ -89,8 +89,8 @@ def authentication_results(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts,
             reason=why(mailfrom), smtp_mailfrom=_pvalue(mailfrom.sender) or "unknown"),
     ]
     for item in dkim:
-        comment = "aligned with From:" if item.aligned else "not aligned with From:"
-        if item.problem and item.result != "pass":
+        comment = "aligned with From: and MAIL FROM" if item.aligned else "not aligned with From: and MAIL FROM"
+        if item.problem and item.result != "pass" and item.aligned:
             comment += f" {item.problem}"
         results.append(authres.DKIMAuthenticationResult(
             result=item.result, result_comment=comment_text(_ascii(comment[:160])),

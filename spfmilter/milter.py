@@ -33,8 +33,8 @@ from . import headers as hdr
 from .config import Config, ErrorAction, FailHold
 from .dns import DnsClient, DnsTempError
 from .metrics import NO_METRICS, Metrics
-from .policy import (Action, Evaluation, Facts, disposition, enforcement_possible, evaluate, held_for_dkim,
-                     rcpt_reply, removes_forged_headers, spared)
+from .policy import (Action, Evaluation, Facts, deciding_domain, disposition, enforcement_possible, evaluate,
+                     held_for_dkim, rcpt_reply, removes_forged_headers, spared)
 from .srs import SrsError
 from .srs import forward as srs_forward
 from .srspolicy import Kind, SrsPolicy, rcpt_srs
@@ -64,20 +64,24 @@ HOLD_MAX_BYTES = 10 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Service:
-    """What every connection shares: the config, the DNS client and the SRS policy (or None)."""
+    """What every connection shares: the config, the DNS client and the SRS policy (or None),
+    and the Public Suffix List for DKIM alignment when ``spf_fail_hold = dkim``."""
 
     config: Config
     dns: DnsClient
     srs: Optional[SrsPolicy] = None
     metrics: Metrics = NO_METRICS
+    org_domains: Optional[dkimcheck.OrgDomains] = None
 
 
 def make_service(config: Config, srs: Optional[SrsPolicy] = None, metrics: Metrics = NO_METRICS) -> Service:
-    """The per-worker shared parts: config, a DNS client with its cache, the SRS policy, metrics."""
+    """The per-worker shared parts: config, a DNS client with its cache, the SRS policy, metrics,
+    and the Public Suffix List (loaded once here, only when spf_fail_hold = dkim needs it)."""
     from .dns import make_resolver
 
     client = DnsClient(make_resolver(config.dns_servers), config.dns_cache_size, on_event=metrics.dns)
-    return Service(config, client, srs, metrics)
+    org_domains = dkimcheck.load_org_domains() if config.spf_fail_hold is FailHold.DKIM else None
+    return Service(config, client, srs, metrics, org_domains)
 
 
 @dataclass
@@ -360,9 +364,14 @@ class SpfMilter(Milter.Base):
         """("accept" | "reject" | "defer", DkimResult list) for a held SPF fail."""
         if tx.body_size > HOLD_MAX_BYTES:
             log.info("dkim=not-checked; message larger than %d bytes%s", HOLD_MAX_BYTES, self._queue_suffix())
+            self.service.metrics.dkim("reject")
             return "reject", ()
+        # One budget for the whole check: key lookups, and no signature verified after it.
         deadline = time.monotonic() + self.config.dns_timeout
         dns = self.service.dns
+        orgs = self.service.org_domains
+        if orgs is None:
+            raise RuntimeError("spf_fail_hold = dkim without a Public Suffix List in the service")
 
         def txt(name: str):
             try:
@@ -373,7 +382,7 @@ class SpfMilter(Milter.Base):
                 return None
             return b"".join(answer.values[0])
 
-        results = dkimcheck.verify(self._held_message(tx), txt)
+        results = dkimcheck.verify(self._held_message(tx), txt, deciding_domain(tx.evaluation), orgs, deadline)
         if dkimcheck.aligned_pass(results):
             verdict = "accept"
         elif any(r.result == "temperror" and r.aligned for r in results):
@@ -386,6 +395,7 @@ class SpfMilter(Milter.Base):
     def _refuse_held(self, tx: _Transaction, verdict: str, results) -> int:
         decision = tx.evaluation.decision
         summary = ", ".join(f"{r.result}:{log_value(r.domain)}{'' if r.aligned else '(unaligned)'}"
+                            + (f" [{log_value(r.problem)}]" if r.problem and r.aligned else "")
                             for r in results) or "no signature"
         if verdict == "defer":
             self.setreply("451", "4.4.3", "Temporary DNS failure checking the DKIM signature; please try again later")

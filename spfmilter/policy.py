@@ -233,7 +233,7 @@ def not_enforced_reason(evaluation: Evaluation, recipient: str, config: Config) 
     return "header-only mode"
 
 
-DKIM_NOTE = "SPF fail overridden by a DKIM signature aligned with From: (RFC 7489 section 10.1)"
+DKIM_NOTE = "SPF fail overridden by a DKIM signature aligned with From: and MAIL FROM (RFC 7489 section 10.1)"
 
 
 def disposition(evaluation: Evaluation, spared: bool, dkim_spared: bool = False) -> tuple[str, Optional[tuple]]:
@@ -257,10 +257,18 @@ def disposition(evaluation: Evaluation, spared: bool, dkim_spared: bool = False)
 
 
 def held_for_dkim(evaluation: Evaluation, config: Config) -> bool:
-    """spf_fail_hold = dkim: a refusal for an SPF fail (or a rejected softfail) waits for the
-    end of the message, where an aligned DKIM signature can spare it (RFC 7489 section 10.1)."""
+    """spf_fail_hold = dkim: a refusal for an SPF fail (or a rejected softfail) of the MAIL FROM
+    identity waits for the end of the message, where a DKIM signature aligned with From: and
+    MAIL FROM can spare it (RFC 7489 section 10.1).
+
+    DMARC aligns SPF with MAIL FROM only (RFC 7489 section 3.1.2), so a refusal decided by
+    the HELO identity is never held -- except for the null sender, whose MAIL FROM identity
+    is the HELO name (RFC 7208 section 2.4).
+    """
     decision = evaluation.decision
     if config.spf_fail_hold is not FailHold.DKIM or decision.action is not Action.REJECT:
         return False
     outcome = next(o for o in evaluation.outcomes if o.identity is decision.identity)
+    if outcome.identity is Identity.HELO and evaluation.facts.sender:
+        return False
     return outcome.result in (SpfResult.FAIL, SpfResult.SOFTFAIL)

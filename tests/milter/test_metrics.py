@@ -75,3 +75,21 @@ def test_no_page_without_metrics_listen(start_milter, world):
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
     assert milter.stop() == 0
+
+
+def test_an_oversized_held_message_is_counted_as_a_dkim_hold(start_milter, world):
+    """A held SPF fail whose message is too big to verify gets the refusal, and is counted (issue 11)."""
+    from spfmilter.milter import HOLD_MAX_BYTES
+    from tests.milter.test_rollout_and_hold import MESSAGE, send_signed
+
+    port = free_port()
+    milter = start_milter(f"metrics_listen = 127.0.0.1:{port}\nmode = enforce\nspf_fail_hold = dkim", fresh=True)
+    big = MESSAGE + b"x" * 998 + b"\r\n"
+    big += b"y" * 998 * (HOLD_MAX_BYTES // 998 + 1)
+    _, reply, _ = send_signed(milter, big)
+    assert (reply.action, reply.code, reply.xcode) == ("replycode", 550, "5.7.23")
+    assert milter.log_lines(f"dkim=not-checked; message larger than {HOLD_MAX_BYTES} bytes")
+    samples = scrape(port)
+    assert samples.get(("spfmilter_dkim_holds_total", (("verdict", "reject"),))) == 1
+    assert samples.get(("spfmilter_actions_total", (("action", "reject"),))) == 1
+    assert milter.stop() == 0

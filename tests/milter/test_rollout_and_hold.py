@@ -5,11 +5,13 @@ DNS server, messages are signed with the test key (tests/support/dkimsign.py).
 """
 from __future__ import annotations
 
+import time
+
 import authres
 import pytest
 
 from tests.milter.test_sessions import CLIENT_IP, added_headers, ar_results, run, zones
-from tests.support.dkimsign import publish, sign, split_message
+from tests.support.dkimsign import hostile_key_record, publish, sign, split_message
 from tests.support.milterclient import SMFIP_HDR_LEADSPC
 
 PASSED_ON = ("continue", "noreply", "skipped")
@@ -23,6 +25,13 @@ def world(dns_server):
     publish(dns_server, "other-signer.example")
     dns_server.add("dkimdead.example", "TXT", "v=spf1 -all")
     dns_server.fault("test._domainkey.dkimdead.example", "servfail")
+    # issue 11: a bank whose SPF fails for CLIENT_IP, an attacker with a DKIM key of its own,
+    # and a domain publishing a key too costly to verify with
+    for name in ("bank.example", "news.bank.example", "hostile.example"):
+        dns_server.add(name, "TXT", "v=spf1 -all")
+    publish(dns_server, "mail.bank.example")
+    publish(dns_server, "attacker.example")
+    dns_server.add("test._domainkey.hostile.example", "TXT", hostile_key_record())
     return dns_server
 
 
@@ -88,11 +97,12 @@ MESSAGE = (b"From: Alice <alice@fail.example>\r\nTo: bob@mx.test\r\nSubject: for
            b"Date: Mon, 23 Nov 2026 16:00:00 +0000\r\n\r\nHello from a forwarded list.\r\n")
 
 
-def send_signed(milter, message: bytes, sender="<alice@fail.example>", rcpts=("<bob@mx.test>",)):
+def send_signed(milter, message: bytes, sender="<alice@fail.example>", rcpts=("<bob@mx.test>",),
+                helo="helo.example"):
     """A full transaction with the message's own headers and body; returns (rcpt replies, eom reply, mods)."""
     client = milter.client()
     client.connect(f"[{CLIENT_IP}]", CLIENT_IP, port=40000, family="4")
-    client.helo("helo.example")
+    client.helo(helo)
     client.mail(sender)
     replies = [client.rcpt(r) for r in rcpts]
     if not any(r.action in PASSED_ON for r in replies):
@@ -162,3 +172,58 @@ def test_pass_and_other_results_are_not_held(holding):
     assert replies["rcpt"][0].action in PASSED_ON and ar_results(mods)["mailfrom"][0] == "pass"
     replies, _, _ = run(holding, sender="<a@temperror.example>")
     assert (replies["rcpt"][0].code, replies["rcpt"][0].xcode) == (451, "4.7.24")  # a temperror still defers at RCPT
+
+
+# ---------------------------------------------------------------- alignment and cost (issue 11)
+
+def bank_message(author: str) -> bytes:
+    return MESSAGE.replace(b"alice@fail.example", author.encode())
+
+
+def test_a_signature_of_an_unrelated_domain_does_not_spare_an_spf_fail(holding):
+    """MAIL FROM <ceo@bank.example> (-all), From: and d= of the attacker's own domain."""
+    message = sign(bank_message("x@attacker.example"), "attacker.example")
+    replies, reply, _ = send_signed(holding, message, sender="<ceo@bank.example>")
+    assert replies[0].action in PASSED_ON
+    assert (reply.action, reply.code, reply.xcode) == ("replycode", 550, "5.7.23")
+    assert "action=reject" in holding.log_lines("identity=mailfrom")[-1]
+    assert "dkim=policy:attacker.example(unaligned)" in holding.logs()
+
+
+@pytest.mark.parametrize("author,sender", [
+    ("alice@bank.example", "<bounce@news.bank.example>"),
+    ("alice@news.bank.example", "<bounce@bank.example>"),  # siblings of one organisational domain
+])
+def test_a_signature_of_the_same_organisational_domain_spares_it(holding, author, sender):
+    message = sign(bank_message(author), "mail.bank.example")
+    replies, reply, mods = send_signed(holding, message, sender=sender)
+    assert replies[0].action in PASSED_ON
+    assert reply.action == "continue"
+    assert ar_reason(mods).startswith("SPF fail overridden by a DKIM signature aligned with From: and MAIL FROM")
+    assert "action=accept-dkim" in holding.log_lines("identity=mailfrom")[-1]
+
+
+def test_a_refusal_decided_by_helo_is_not_held(holding):
+    """DMARC aligns SPF with MAIL FROM only: a failing HELO is refused at RCPT, signature or not."""
+    replies, reply, _ = send_signed(holding, sign(MESSAGE, "fail.example"), helo="badhelo.example")
+    assert (replies[0].code, replies[0].xcode) == (550, "5.7.23") and reply is None
+    [helo_line] = [line for line in holding.log_lines("action=reject") if "identity=helo" in line]
+    assert "reply=\"550 5.7.23 SPF fail for HELO badhelo.example" in helo_line, helo_line
+
+
+def test_hostile_keys_get_the_spf_refusal_quickly(holding):
+    """Five signatures pointing at an 8192-bit key with an 8192-bit exponent (issue 11 item 5):
+    refused before any arithmetic, so the end of the message is answered at once."""
+    message = bank_message("alice@hostile.example")
+    for _ in range(5):
+        message = sign(message, "hostile.example")
+    started = time.monotonic()
+    replies, reply, _ = send_signed(holding, message, sender="<alice@hostile.example>")
+    took = time.monotonic() - started
+    assert (reply.action, reply.code, reply.xcode) == ("replycode", 550, "5.7.23")
+    assert took < 2.0, took  # dkimpy needs about a second of CPU per such signature
+    logs = holding.logs()
+    assert "key refused: RSA key of 8192 bits is larger than 4096" in logs
+    refused = 'permerror:hostile.example ["key refused: RSA key of 8192 bits is larger than 4096"]'
+    skipped = 'policy:hostile.example ["not verified: at most 3 signatures are verified per message"]'
+    assert f"dkim={refused}, {refused}, {refused}, {skipped}, {skipped}; held SPF refusal" in logs

@@ -119,6 +119,12 @@ def rows(f: dict) -> list[tuple[str, str, str]]:
                 f"{srs.get('accepted', '?')} accepted, {srs.get('relayed_to_forged', '?')} relayed; "
                 f"{srs.get('genuine_accepted', '?')}/{srs.get('genuine_mixed_in', '?')} genuine ones accepted"
                 if srs else "not run"))
+    dkim = get("hostile_dkim")
+    out.append(("Hostile DKIM input on held SPF fails (huge keys and exponents, oversized key record and b=, "
+                "many signatures, huge header sections)", f"{dkim.get('cases', 0)} cases",
+                f"{dkim.get('refused', '?')} got the SPF refusal, {dkim.get('spared', '?')} spared; worst end of "
+                f"message {dkim.get('worst_seconds', '?')} s ({dkim.get('worst_cpu_seconds', '?')} s CPU)"
+                if dkim else "not run"))
     priv = get("privileges")
     secrets = get("secrets_file")
     out.append(("Privileges and secrets", "daemon started as root with user = nobody",
@@ -134,8 +140,7 @@ def verdict(f: dict) -> list[str]:
     checks = [("fuzz", "crashes"), ("fuzz", "hung"), ("fuzz", "bad_headers"), ("soak", "errors"), ("soak", "wrong"),
               ("shutdown", "lost"), ("reload", "lost"), ("restart", "lost"), ("restart", "duplicates"),
               ("restart", "unchecked"), ("forged_headers", "wrong"), ("forged_spellings", "wrong"),
-              ("srs_forgery", "accepted"),
-              ("srs_forgery", "relayed_to_forged")]
+              ("srs_forgery", "accepted"), ("srs_forgery", "relayed_to_forged"), ("hostile_dkim", "spared")]
     for section, key in checks:
         value = f.get(section, {}).get(key)
         if value is None:

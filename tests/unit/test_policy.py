@@ -407,3 +407,25 @@ def test_decision_reply_property():
     assert ACCEPT.reply == "" and not ACCEPT.refuses
     assert REJECT.reply == "550 5.7.23 SPF fail" and REJECT.refuses
     assert DEFER.reply == "451 4.7.24 SPF temporary error" and DEFER.refuses
+
+
+@pytest.mark.parametrize("sender,helo_result,mailfrom_result,held,domain", [
+    (SENDER, SpfResult.PASS, SpfResult.FAIL, True, "example.org"),  # MAIL FROM fail: held
+    (SENDER, SpfResult.PASS, SpfResult.SOFTFAIL, False, ""),  # softfail is not refused by default
+    (SENDER, SpfResult.PASS, SpfResult.PERMERROR, False, "example.org"),  # only fail/softfail are held
+    # DMARC aligns SPF with MAIL FROM only (RFC 7489 3.1.2): a HELO-decided refusal is never held
+    (SENDER, SpfResult.FAIL, SpfResult.FAIL, False, HELO),
+    (SENDER, SpfResult.FAIL, SpfResult.PASS, False, HELO),
+    # ... except for the null sender, whose MAIL FROM identity is the HELO name (RFC 7208 2.4)
+    ("", SpfResult.FAIL, SpfResult.FAIL, True, HELO),
+])
+def test_held_for_dkim_only_for_the_mail_from_identity(sender, helo_result, mailfrom_result, held, domain):
+    from spfmilter.policy import deciding_domain, held_for_dkim
+
+    facts = Facts(IP, HELO, sender)
+    mail_domain = "example.org" if sender else HELO
+    outcomes = (helo(helo_result), mailfrom(mailfrom_result, domain=mail_domain, sender=sender or f"postmaster@{HELO}"))
+    evaluation = evaluate(facts, config("spf_fail_hold = dkim\nmailfrom_reject_results = fail, permerror"),
+                          lambda *args: outcomes)
+    assert held_for_dkim(evaluation, config("spf_fail_hold = dkim")) is held
+    assert deciding_domain(evaluation) == domain
