@@ -54,7 +54,7 @@ import dkim.util
 from publicsuffixlist import PublicSuffixList
 
 from .config import is_hostname
-from .text import clean
+from .text import log_value
 
 log = logging.getLogger("spfmilter.dkim")
 
@@ -308,7 +308,7 @@ def _verify_one(message: bytes, index: int, txt: Callable[[str], Optional[bytes]
             try:
                 check_key(record)
             except KeyRefused as exc:
-                log.warning("dkim=permerror; key %s refused: %s", clean(text.rstrip("."), 255), exc)
+                log.warning("dkim=permerror; key=%s; problem=%s", log_value(text.rstrip("."), 255), log_value(str(exc)))
                 raise
         return record
 
