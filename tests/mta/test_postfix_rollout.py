@@ -24,25 +24,31 @@ from tests.mta.test_postfix_spfmilter import (CLIENT_IP, HELO, contrib_main_cf, 
 pytestmark = pytest.mark.mta
 
 
-@pytest.fixture(scope="module")
-def site(dns_server, tmp_path_factory):
-    zones(dns_server)
-    directory = tmp_path_factory.mktemp("pf-rollout")
+def rollout_site(dns_server, directory, enforce_domains: str, virtual_domains: tuple, **main_cf):
+    """A header-only milter with ``enforce_domains`` behind a private Postfix delivering
+    ``virtual_domains`` (its helper's ``mydestination``); ``main_cf`` overrides Postfix settings.
+    Yields (instance, milter)."""
     socket_dir = socket_directory()
     path = socket_dir / "spfmilter.sock"
     config = contrib_spfmilter_conf(socket=f"unix:{path}", socket_group="postfix", user="nobody",
-                                    mode="header-only", authserv_id="mx.test", enforce_domains="mx.test",
+                                    mode="header-only", authserv_id="mx.test", enforce_domains=enforce_domains,
                                     dns_servers=f"127.0.0.1:{dns_server.port}", log_level="debug")
     milter = launch_milter(directory, "m", "", None, config_text=config)
     settings = contrib_main_cf(f"unix:{path}")
     instance = PostfixInstance(directory / "postfix", milters=settings.pop("smtpd_milters"),
                                milter_default_action=settings.pop("milter_default_action"),
-                               mydestination=("mx.test", "other.test"), extra_main_cf=settings)
+                               mydestination=virtual_domains, extra_main_cf={**settings, **main_cf})
     instance.start()
     yield instance, milter
     instance.close()
     assert milter.stop() == 0
     shutil.rmtree(socket_dir.parent)
+
+
+@pytest.fixture(scope="module")
+def site(dns_server, tmp_path_factory):
+    zones(dns_server)
+    yield from rollout_site(dns_server, tmp_path_factory.mktemp("pf-rollout"), "mx.test", ("mx.test", "other.test"))
 
 
 def test_enforced_domain_refuses_the_other_gets_it_marked(site):
@@ -74,22 +80,8 @@ def routed_site(dns_server, tmp_path_factory):
     """Header-only overall, enforce_domains = b.test; a.test is Postfix's own mydestination (where
     its allow_percent_hack and swap_bangpath defaults apply) and b.test a virtual domain."""
     zones(dns_server)
-    directory = tmp_path_factory.mktemp("pf-routed")
-    socket_dir = socket_directory()
-    path = socket_dir / "spfmilter.sock"
-    config = contrib_spfmilter_conf(socket=f"unix:{path}", socket_group="postfix", user="nobody",
-                                    mode="header-only", authserv_id="mx.test", enforce_domains="b.test",
-                                    dns_servers=f"127.0.0.1:{dns_server.port}", log_level="debug")
-    milter = launch_milter(directory, "m", "", None, config_text=config)
-    settings = contrib_main_cf(f"unix:{path}")
-    instance = PostfixInstance(directory / "postfix", milters=settings.pop("smtpd_milters"),
-                               milter_default_action=settings.pop("milter_default_action"),
-                               mydestination=("b.test",), extra_main_cf={**settings, "mydestination": "a.test"})
-    instance.start()
-    yield instance, milter
-    instance.close()
-    assert milter.stop() == 0
-    shutil.rmtree(socket_dir.parent)
+    yield from rollout_site(dns_server, tmp_path_factory.mktemp("pf-routed"), "b.test", ("b.test",),
+                            mydestination="a.test")
 
 
 @pytest.mark.parametrize("rcpt", ROUTED)

@@ -692,63 +692,60 @@ def run_lookup(client: DnsClient, name: str, qtype: str, budget: float, box: dic
     return thread
 
 
+def join_the_leader(srv, name: str, latency: float, leader_budget: float, follower_budgets: dict,
+                    fault: str = "") -> tuple[FlightProbe, DnsClient, dict]:
+    """``name`` answered after ``latency``; a leader looks it up with ``leader_budget`` and, once
+    its query is out, followers (thread name -> budget) join it.  Returns when all are done."""
+    srv.add(name, "TXT", "v=spf1 -all")
+    if fault:
+        srv.fault(name, fault)
+    srv.set_latency(name, latency)
+    try:
+        probe = FlightProbe()
+        client = DnsClient(resolver_for(srv), 100, clock=probe.clock, on_event=probe.on_event)
+        box: dict = {}
+        leader = run_lookup(client, name, "TXT", leader_budget, box, "leader")
+        assert probe.query_out.wait(5), "the leader's query never went out"
+        followers = [run_lookup(client, name, "TXT", budget, box, who) for who, budget in follower_budgets.items()]
+        for thread in [leader, *followers]:
+            thread.join(10)
+            assert not thread.is_alive()
+        for who in follower_budgets:
+            assert probe.joined(who, "leader"), probe.log
+        return probe, client, box
+    finally:
+        srv.set_latency(name, None)
+
+
 OVERRUN = 0.15  # dns.py's documented worst overrun (one 0.1 s back-off) plus scheduling slack
 
 
 def test_followers_with_budget_left_get_the_answer_after_the_leaders_time_out(srv):
     """The leader's own deadline ends its query; followers ask again (once, together) within theirs."""
     name = "late-leader.flight.example"
-    srv.add(name, "TXT", "v=spf1 -all")
-    srv.set_latency(name, 1.0)  # longer than the leader's budget, well within the followers'
-    try:
-        probe = FlightProbe()
-        client = DnsClient(resolver_for(srv), 100, clock=probe.clock, on_event=probe.on_event)
-        box: dict = {}
-        leader = run_lookup(client, name, "TXT", 0.5, box, "leader")
-        assert probe.query_out.wait(5), "the leader's query never went out"
-        followers = [run_lookup(client, name, "TXT", 3.0, box, f"follower{i}") for i in range(3)]
-        for thread in [leader, *followers]:
-            thread.join(10)
-            assert not thread.is_alive()
-        for i in range(3):
-            assert probe.joined(f"follower{i}", "leader"), probe.log
-        kind, value, overrun = box["leader"]
-        assert kind == "error" and isinstance(value, DnsTempError) and "timeout" in str(value)
-        assert -0.1 < overrun < OVERRUN
-        for i in range(3):
-            kind, value, overrun = box[f"follower{i}"]
-            assert (kind, value) == ("answer", Answer(((b"v=spf1 -all",),))), box[f"follower{i}"]
-            assert overrun < 0
-        # one query per name in flight: the leader's, then one more for all three followers
-        assert srv.query_count(name) == 2
-        assert client.queries == 2
-    finally:
-        srv.set_latency(name, None)
+    # the latency is longer than the leader's budget, well within the followers'
+    _, client, box = join_the_leader(srv, name, 1.0, 0.5, {f"follower{i}": 3.0 for i in range(3)})
+    kind, value, overrun = box["leader"]
+    assert kind == "error" and isinstance(value, DnsTempError) and "timeout" in str(value)
+    assert -0.1 < overrun < OVERRUN
+    for i in range(3):
+        kind, value, overrun = box[f"follower{i}"]
+        assert (kind, value) == ("answer", Answer(((b"v=spf1 -all",),))), box[f"follower{i}"]
+        assert overrun < 0
+    # one query per name in flight: the leader's, then one more for all three followers
+    assert srv.query_count(name) == 2
+    assert client.queries == 2
 
 
 def test_a_follower_tries_on_until_its_own_deadline_and_no_longer(srv):
     name = "too-slow.flight.example"
-    srv.add(name, "TXT", "v=spf1 -all")
-    srv.set_latency(name, 3.0)  # nobody's budget is long enough
-    try:
-        probe = FlightProbe()
-        client = DnsClient(resolver_for(srv), 100, clock=probe.clock, on_event=probe.on_event)
-        box: dict = {}
-        leader = run_lookup(client, name, "TXT", 0.4, box, "leader")
-        assert probe.query_out.wait(5)
-        follower = run_lookup(client, name, "TXT", 1.0, box, "follower")
-        for thread in (leader, follower):
-            thread.join(10)
-            assert not thread.is_alive()
-        assert probe.joined("follower", "leader"), probe.log
-        for who in ("leader", "follower"):
-            kind, value, overrun = box[who]
-            assert kind == "error" and isinstance(value, DnsTempError) and "timeout" in str(value), box[who]
-            # it used its whole budget (the follower did not stop at the leader's deadline), not more
-            assert -0.1 < overrun < OVERRUN, (who, overrun)
-        assert srv.query_count(name) == 2  # the follower asked again after the leader gave up
-    finally:
-        srv.set_latency(name, None)
+    _, _, box = join_the_leader(srv, name, 3.0, 0.4, {"follower": 1.0})  # nobody's budget is long enough
+    for who in ("leader", "follower"):
+        kind, value, overrun = box[who]
+        assert kind == "error" and isinstance(value, DnsTempError) and "timeout" in str(value), box[who]
+        # it used its whole budget (the follower did not stop at the leader's deadline), not more
+        assert -0.1 < overrun < OVERRUN, (who, overrun)
+    assert srv.query_count(name) == 2  # the follower asked again after the leader gave up
 
 
 class CrashingResolver:
@@ -807,25 +804,9 @@ def test_an_unexpected_error_in_the_leader_gives_followers_a_temp_error_not_none
 def test_a_server_failure_is_shared_with_followers(srv):
     """SERVFAIL is the server's answer, not the leader's budget: followers get it, no second query."""
     name = "servfail.flight.example"
-    srv.add(name, "TXT", "v=spf1 -all")
-    srv.fault(name, "servfail")
-    srv.set_latency(name, 0.5)
-    try:
-        probe = FlightProbe()
-        client = DnsClient(resolver_for(srv), 100, clock=probe.clock, on_event=probe.on_event)
-        box: dict = {}
-        leader = run_lookup(client, name, "TXT", 3.0, box, "leader")
-        assert probe.query_out.wait(5)
-        follower = run_lookup(client, name, "TXT", 3.0, box, "follower")
-        for thread in (leader, follower):
-            thread.join(10)
-            assert not thread.is_alive()
-        assert probe.joined("follower", "leader"), probe.log
-        for who in ("leader", "follower"):
-            kind, value, overrun = box[who]
-            assert kind == "error" and isinstance(value, DnsTempError) and "SERVFAIL" in str(value), box[who]
-            assert overrun < 0
-        assert srv.query_count(name) == 1
-    finally:
-        srv.set_latency(name, None)
-        srv.fault(name, None)
+    _, _, box = join_the_leader(srv, name, 0.5, 3.0, {"follower": 3.0}, fault="servfail")
+    for who in ("leader", "follower"):
+        kind, value, overrun = box[who]
+        assert kind == "error" and isinstance(value, DnsTempError) and "SERVFAIL" in str(value), box[who]
+        assert overrun < 0
+    assert srv.query_count(name) == 1
