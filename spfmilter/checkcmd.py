@@ -5,8 +5,8 @@ import sys
 
 from .config import Config
 from .headers import render, spf_headers
-from .policy import Facts, disposition, evaluate, held_for_dkim, not_enforced_reason, rcpt_reply, spared
-from .milter import make_service
+from .policy import Facts, disposition, evaluate, not_enforced_reason, rcpt_verdict
+from .service import make_service
 from .verify import Verifier, normalise_ip, parse_envelope_address
 
 
@@ -32,18 +32,17 @@ def milter_view(evaluation, recipient: str, config: Config) -> str:
     (shared by ``spfmilter check`` and ``spfmilter explain``)."""
     if evaluation.skip_reason is not None:
         return f"# not checked: {evaluation.skip_reason}; no headers added\n\nSMTP reply: 250 (accepted)\n"
-    reply = rcpt_reply(evaluation, recipient, config)
-    held = reply.refuses and held_for_dkim(evaluation, config)
-    _, note = disposition(evaluation, spared=spared(evaluation, recipient, config), dkim_spared=held)
+    verdict = rcpt_verdict(evaluation, recipient, config, held=None)
+    _, note = disposition(evaluation, spared=verdict.spared, dkim_spared=bool(verdict.held))
     text = render(spf_headers(*evaluation.outcomes, evaluation.facts, config, note)) + "\n"
-    if held:
+    decision = evaluation.decision
+    if verdict.held:
         return text + (f"SMTP reply: 250 at RCPT (spf_fail_hold = dkim); at the end of the message: "
-                       f"{reply.reply}, unless a DKIM signature aligned with From: and MAIL FROM verifies "
+                       f"{decision.reply}, unless a DKIM signature aligned with From: and MAIL FROM verifies "
                        f"(then the headers above are added)\n")
-    if reply.refuses:
-        return text + f"SMTP reply: {reply.reply}\n"
-    if evaluation.decision.refuses:
+    if verdict.reply is not None:
+        return text + f"SMTP reply: {verdict.reply}\n"
+    if decision.refuses:
         why = not_enforced_reason(evaluation, recipient, config)
-        return text + (f"SMTP reply: 250 (accepted: {why}; enforcement would reply: "
-                       f"{evaluation.decision.reply})\n")
+        return text + f"SMTP reply: 250 (accepted: {why}; enforcement would reply: {decision.reply})\n"
     return text + "SMTP reply: 250 (accepted)\n"

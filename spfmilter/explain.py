@@ -38,7 +38,7 @@ from . import verify
 from .config import Config
 from .checkcmd import milter_view
 from .headers import _strip_comments, _unquote
-from .milter import make_service
+from .service import make_service
 from .policy import Evaluation, Facts, evaluate, trust_reason
 from .verify import (
     Identity,

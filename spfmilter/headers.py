@@ -13,7 +13,7 @@ from typing import Iterable, Optional, Sequence
 import authres
 
 from .config import Config, HeaderType, is_hostname
-from .policy import Facts
+from .policy import Action, Facts, Reply
 from .text import clean, clip_address, comment_text, fold, is_dot_atom, log_address, log_value, quoted_string
 from .verify import Identity, SpfOutcome, SpfResult
 
@@ -280,8 +280,8 @@ def is_forged(name: str, value: str, config: Config) -> bool:
 
 # --------------------------------------------------------------------------- log line
 
-def log_line(outcome: SpfOutcome, facts: Facts, config: Config, action: str,
-             reply: str = "") -> str:
+def log_line(outcome: SpfOutcome, facts: Facts, config: Config, action: Action,
+             reply: Optional[Reply] = None) -> str:
     """One line per verified identity, in the shape policyd-spf users grep for."""
     parts = [
         outcome.result.title,
@@ -295,9 +295,9 @@ def log_line(outcome: SpfOutcome, facts: Facts, config: Config, action: str,
         parts.append(f"mechanism={log_value(outcome.mechanism)}")
     if outcome.problem:
         parts.append(f"problem={log_value(outcome.problem)}")
-    parts.append(f"action={action}")
-    if reply:
-        parts.append(f"reply={quoted_string(clean(reply, 512))}")
+    parts.append(f"action={action.value}")
+    if reply is not None:
+        parts.append(f"reply={quoted_string(clean(str(reply), 512))}")
     if facts.queue_id:
         parts.append(f"queue-id={log_value(facts.queue_id)}")
     return "; ".join(parts)

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Iterable, NamedTuple, Optional
 
+from .policy import Action
 from .text import clean
 
 RESULTS = frozenset(("Pass", "Fail", "Softfail", "Neutral", "None", "PermError", "TempError"))
-ACTIONS = frozenset(("accept", "reject", "defer", "would-reject", "would-defer", "aborted", "accept-exempt",
-                     "accept-dkim"))
-WOULD_REFUSE = frozenset(("would-reject", "would-defer"))
-REFUSED = frozenset(("reject", "defer"))
+ACTIONS = frozenset(action.value for action in Action if action is not Action.SKIPPED)  # what a log line says
+WOULD_REFUSE = frozenset((Action.WOULD_REJECT.value, Action.WOULD_DEFER.value))
+REFUSED = frozenset((Action.REJECT.value, Action.DEFER.value))
 DISPLAY_LIMIT = 64  # characters of a domain or HELO name shown in a table cell
 
 _MONTHS = {name: number for number, name in enumerate(

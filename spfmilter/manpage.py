@@ -210,7 +210,7 @@ def _option_entries(parser: argparse.ArgumentParser) -> list[str]:
 def _log_example() -> str:
     from .config import build
     from .headers import log_line
-    from .policy import Facts
+    from .policy import Action, Facts, Reply
     from .verify import Identity, SpfOutcome, SpfResult
 
     config = build({}, authserv_id_default="mx.example.com")
@@ -218,9 +218,9 @@ def _log_example() -> str:
                   queue_id="4XyZ")
     outcome = SpfOutcome(Identity.MAILFROM, SpfResult.FAIL, "example.org", "a@example.org",
                          mechanism="-all")
-    reply = ("550 5.7.23 SPF fail for example.org (MAIL FROM a@example.org): "
-             "192.0.2.7 is not authorized to send for example.org")
-    return log_line(outcome, facts, config, "would-reject", reply)
+    reply = Reply(550, "5.7.23", "SPF fail for example.org (MAIL FROM a@example.org): "
+                                 "192.0.2.7 is not authorized to send for example.org")
+    return log_line(outcome, facts, config, Action.WOULD_REJECT, reply)
 
 
 def _wrap_log_line(line: str) -> list[str]:

@@ -1,8 +1,11 @@
 """The pymilter adapter: one object per SMTP connection, collecting facts and applying decisions.
 
-Nothing here decides anything.  The connection's facts go to
-:class:`~spfmilter.verify.Verifier`, the outcomes to :func:`~spfmilter.policy.decide`,
-and the header text comes from :mod:`spfmilter.headers`.
+Nothing here decides anything.  The transaction's facts go to
+:func:`~spfmilter.policy.evaluate` (with :class:`~spfmilter.verify.Verifier` for SPF), each
+recipient to :func:`~spfmilter.policy.rcpt_verdict` (and
+:func:`~spfmilter.srspolicy.rcpt_srs`), a held message's DKIM results to
+:func:`~spfmilter.policy.dkim_verdict`, the end of the message to
+:func:`~spfmilter.policy.disposition`; the header text comes from :mod:`spfmilter.headers`.
 
 Stages (all other stages are switched off in :meth:`SpfMilter.negotiate`):
 
@@ -30,11 +33,11 @@ import milter as libmilter
 
 from . import dkimcheck
 from . import headers as hdr
-from .config import Config, ErrorAction, FailHold
-from .dns import DnsClient, DnsTempError
-from .metrics import NO_METRICS, Metrics
-from .policy import (Action, Evaluation, Facts, deciding_domain, disposition, enforcement_possible, evaluate,
-                     held_for_dkim, rcpt_reply, removes_forged_headers, spared)
+from .config import ErrorAction, FailHold
+from .dns import DnsTempError
+from .service import Service
+from .policy import (INTERNAL_ERROR, Action, Evaluation, Facts, Reply, deciding_domain, disposition, dkim_verdict,
+                     enforcement_possible, evaluate, rcpt_verdict, removes_forged_headers, vouched_for)
 from .srs import SrsError
 from .srs import forward as srs_forward
 from .srspolicy import Kind, SrsPolicy, rcpt_srs
@@ -60,28 +63,6 @@ SRS_ACTIONS = Milter.CHGFROM | Milter.ADDRCPT | Milter.DELRCPT
 # spf_fail_hold = dkim: a held message is kept in memory up to this size for DKIM; a
 # bigger one cannot be verified and gets the SPF refusal.
 HOLD_MAX_BYTES = 10 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Service:
-    """What every connection shares: the config, the DNS client and the SRS policy (or None),
-    and the Public Suffix List for DKIM alignment when ``spf_fail_hold = dkim``."""
-
-    config: Config
-    dns: DnsClient
-    srs: Optional[SrsPolicy] = None
-    metrics: Metrics = NO_METRICS
-    org_domains: Optional[dkimcheck.OrgDomains] = None
-
-
-def make_service(config: Config, srs: Optional[SrsPolicy] = None, metrics: Metrics = NO_METRICS) -> Service:
-    """The per-worker shared parts: config, a DNS client with its cache, the SRS policy, metrics,
-    and the Public Suffix List (loaded once here, only when spf_fail_hold = dkim needs it)."""
-    from .dns import make_resolver
-
-    client = DnsClient(make_resolver(config.dns_servers), config.dns_cache_size, on_event=metrics.dns)
-    org_domains = dkimcheck.load_org_domains() if config.spf_fail_hold is FailHold.DKIM else None
-    return Service(config, client, srs, metrics, org_domains)
 
 
 @dataclass
@@ -134,7 +115,7 @@ def _guarded(stage: str, replies: bool):
                 self._failed = True
                 log.warning("could not change the message in %s (%s): %s; answering per on_error=%s",
                             stage, self._ident(), exc, self.service.config.on_error.value)
-                self._end_transaction("aborted")
+                self._end_transaction(Action.ABORTED)
                 return self._error_reply() if replies else Milter.CONTINUE
             except Exception:
                 self._failed = True
@@ -225,7 +206,7 @@ class SpfMilter(Milter.Base):
     @Milter.noreply
     @_guarded("mail", replies=False)
     def envfrom(self, sender, *params):
-        self._end_transaction("aborted")  # a new MAIL FROM implicitly ends the last one
+        self._end_transaction(Action.ABORTED)  # a new MAIL FROM implicitly ends the last one
         self._update_queue_id()
         if not self._connected and not self._recover_client():
             self._failed = True  # unchecked is not an option: answer per on_error
@@ -256,45 +237,29 @@ class SpfMilter(Milter.Base):
         self._update_queue_id()
         if tx is None:
             return Milter.CONTINUE
-        reply = rcpt_reply(tx.evaluation, recipient, self.config)
         tx.rcpt_seen = True
-        if self._holds(tx):
-            # RFC 7489 section 10.1: an SPF fail is refused at end of message unless DKIM saves it.
-            # One message cannot be refused for some recipients only there: held and free
-            # recipients go in separate transactions (452 4.5.3 for the other kind).
-            held = reply.refuses
-            if tx.hold is not None and tx.hold is not held:
-                self.setreply("452", "4.5.3", "This recipient needs a separate transaction; please send it again")
-                return Milter.TEMPFAIL
-            tx.hold = held
-            if held:
-                return self._rcpt_srs(tx, recipient) if self._srs else Milter.CONTINUE
-        if not reply.refuses:
-            tx.spared |= spared(tx.evaluation, recipient, self.config)
-            return self._rcpt_srs(tx, recipient) if self._srs else Milter.CONTINUE
-        self.setreply(reply.code, reply.xcode, reply.text)
-        if not tx.logged:
-            self._log_outcomes(tx, reply.action.value, reply.reply)
-        return Milter.REJECT if reply.action is Action.REJECT else Milter.TEMPFAIL
+        verdict = rcpt_verdict(tx.evaluation, recipient, self.config, tx.hold)
+        if verdict.reply is not None:
+            if verdict.action is not None and not tx.logged:
+                self._log_outcomes(tx, verdict.action, verdict.reply)
+            return self._refuse(verdict.reply)
+        if verdict.held is not None:
+            tx.hold = verdict.held
+        tx.spared |= verdict.spared
+        return self._rcpt_srs(tx, recipient) if self._srs else Milter.CONTINUE
 
     def _rcpt_srs(self, tx: _Transaction, recipient: str):
-        # trusted networks, local clients and SASL logins keep a sender in our domains
-        trusted = tx.evaluation.skip_reason is not None or bool(tx.facts.auth_user)
-        verdict = rcpt_srs(self._srs, tx.facts.sender, trusted, recipient, tx.srs_kind, time.time())
-        if verdict.refuses:
-            self.service.metrics.srs("refused" if verdict.code >= 500 else "retry-mixed")
-            self.setreply(str(verdict.code), verdict.xcode, verdict.text)
+        verdict = rcpt_srs(self._srs, tx.facts.sender, vouched_for(tx.evaluation), recipient, tx.srs_kind,
+                           time.time())
+        if verdict.reply is not None:
+            self.service.metrics.srs("refused" if verdict.reply.permanent else "retry-mixed")
             log.info("srs=refused; reason=%s; rcpt=%s; envelope-from=%s; %s", verdict.reason,
                      log_address(recipient), log_address(tx.facts.sender or "<>"), self._ident())
-            return Milter.REJECT if verdict.code >= 500 else Milter.TEMPFAIL
+            return self._refuse(verdict.reply)
         tx.srs_kind = verdict.kind
         if verdict.original:
             tx.reversed.append((recipient, verdict.original))
         return Milter.CONTINUE
-
-    def _holds(self, tx: _Transaction) -> bool:
-        """Whether this transaction's refusal waits for DKIM (spf_fail_hold = dkim)."""
-        return self._hold and tx.checked and held_for_dkim(tx.evaluation, self.config)
 
     @Milter.noreply
     @_guarded("header", replies=False)
@@ -326,11 +291,13 @@ class SpfMilter(Milter.Base):
         self._update_queue_id()
         if tx is None:
             return Milter.CONTINUE
-        dkim_results = ()
+        dkim_results: tuple = ()
         if tx.held:
-            verdict, dkim_results = self._dkim_verdict(tx)
-            if verdict != "accept":
-                return self._refuse_held(tx, verdict, dkim_results)
+            dkim_results = self._check_dkim(tx)
+            verdict, reply = dkim_verdict(tx.evaluation, dkim_results, checked=tx.body_size <= HOLD_MAX_BYTES)
+            self.service.metrics.dkim(verdict.value)
+            if reply is not None:
+                return self._refuse_held(tx, verdict, reply, dkim_results)
         if self._srs:
             self._apply_srs(tx)
         # Remove forged copies first, bottom-up, so the indexes of the others stay valid.
@@ -338,11 +305,10 @@ class SpfMilter(Milter.Base):
             self.chgheader(name, index, "")
             log.info("removed forged %s header #%d%s", log_value(name, 64), index, self._queue_suffix())
         if not tx.checked:
-            self._end_transaction("accept")
+            self._end_transaction(Action.ACCEPT)
             return Milter.CONTINUE
-        # header-only (for this domain) with RCPT not looked at counts as spared too
-        action, note = disposition(tx.evaluation, dkim_spared=tx.held, spared=tx.spared or (
-            not tx.rcpt_seen and not enforcement_possible(self.config)))
+        # RCPT not looked at (header-only mode) counts as spared
+        action, note = disposition(tx.evaluation, dkim_spared=tx.held, spared=tx.spared or not tx.rcpt_seen)
         headers = hdr.spf_headers(*tx.evaluation.outcomes, tx.facts, self.config, note, dkim_results)
         for name, value in reversed(headers):
             self.addheader(name, value, 0)
@@ -360,12 +326,11 @@ class SpfMilter(Milter.Base):
             lines.append(name.encode("utf-8", "surrogateescape") + b":" + raw + b"\r\n")
         return b"".join(lines) + b"\r\n" + b"".join(tx.body)
 
-    def _dkim_verdict(self, tx: _Transaction):
-        """("accept" | "reject" | "defer", DkimResult list) for a held SPF fail."""
+    def _check_dkim(self, tx: _Transaction) -> tuple:
+        """The DkimResults of a held message (none when it was too big to hold)."""
         if tx.body_size > HOLD_MAX_BYTES:
             log.info("dkim=not-checked; message larger than %d bytes%s", HOLD_MAX_BYTES, self._queue_suffix())
-            self.service.metrics.dkim("reject")
-            return "reject", ()
+            return ()
         # One budget for the whole check: key lookups, and no signature verified after it.
         deadline = time.monotonic() + self.config.dns_timeout
         dns = self.service.dns
@@ -382,42 +347,27 @@ class SpfMilter(Milter.Base):
                 return None
             return b"".join(answer.values[0])
 
-        results = dkimcheck.verify(self._held_message(tx), txt, deciding_domain(tx.evaluation), orgs, deadline)
-        if dkimcheck.aligned_pass(results):
-            verdict = "accept"
-        elif any(r.result == "temperror" and r.aligned for r in results):
-            verdict = "defer"
-        else:
-            verdict = "reject"
-        self.service.metrics.dkim(verdict)
-        return verdict, results
+        return tuple(dkimcheck.verify(self._held_message(tx), txt, deciding_domain(tx.evaluation), orgs, deadline))
 
-    def _refuse_held(self, tx: _Transaction, verdict: str, results) -> int:
-        decision = tx.evaluation.decision
+    def _refuse_held(self, tx: _Transaction, action: Action, reply: Reply, results) -> int:
         summary = ", ".join(f"{r.result}:{log_value(r.domain)}{'' if r.aligned else '(unaligned)'}"
                             + (f" [{log_value(r.problem)}]" if r.problem and r.aligned else "")
                             for r in results) or "no signature"
-        if verdict == "defer":
-            self.setreply("451", "4.4.3", "Temporary DNS failure checking the DKIM signature; please try again later")
-            reply, action, result = "451 4.4.3", "defer", Milter.TEMPFAIL
-        else:
-            self.setreply(decision.code, decision.xcode, decision.text)
-            reply, action, result = decision.reply, "reject", Milter.REJECT
         log.info("dkim=%s; held SPF refusal%s", summary, self._queue_suffix())
         self._log_outcomes(tx, action, reply)
         self._end_transaction(action)
-        return result
+        return self._refuse(reply)
 
     def abort(self):
         try:
-            self._end_transaction("aborted")
+            self._end_transaction(Action.ABORTED)
         except Exception:
             log.exception("internal error in abort callback (%s)", self._ident())
         return Milter.CONTINUE
 
     def close(self):
         try:
-            self._end_transaction("aborted")
+            self._end_transaction(Action.ABORTED)
         except Exception:
             log.exception("internal error in close callback (%s)", self._ident())
         return Milter.CONTINUE
@@ -447,14 +397,17 @@ class SpfMilter(Milter.Base):
             log.info("srs=forward; envelope-from=%s; to=%s%s", log_address(sender), log_address(rewritten),
                      self._queue_suffix())
 
+    def _refuse(self, reply: Reply) -> int:
+        self.setreply(str(reply.code), reply.xcode, reply.text)
+        return Milter.REJECT if reply.permanent else Milter.TEMPFAIL
+
     def _error_reply(self):
         if self.config.on_error is ErrorAction.ACCEPT:
             return Milter.ACCEPT
         try:
-            self.setreply("451", "4.3.0", "Temporary error in the SPF filter; please try again later")
+            return self._refuse(INTERNAL_ERROR)
         except Exception:  # the reply text is ours; a failure here is libmilter's
-            pass
-        return Milter.TEMPFAIL
+            return Milter.TEMPFAIL
 
     def _macro(self, name: str) -> Optional[str]:
         """A macro's value; pymilter decodes them as strict UTF-8, so an undecodable one is
@@ -496,24 +449,24 @@ class SpfMilter(Milter.Base):
     def _ident(self) -> str:
         return f"client-ip={log_value(self._client_ip or 'unknown')}{self._queue_suffix()}"
 
-    def _log_outcomes(self, tx: _Transaction, action: str, reply: str = "") -> None:
+    def _log_outcomes(self, tx: _Transaction, action: Action, reply: Optional[Reply] = None) -> None:
         tx.logged = True
-        self.service.metrics.action("skipped" if tx.evaluation.skip_reason is not None else action)
         evaluation = tx.evaluation
         if evaluation.skip_reason is not None:
+            self.service.metrics.action(Action.SKIPPED.value)
             log.info("%s", hdr.skip_line(evaluation.skip_reason, tx.facts))
             return
+        self.service.metrics.action(action.value)
         decided_by = evaluation.decision.identity
         for outcome in evaluation.outcomes:
             log.info("%s", hdr.log_line(outcome, tx.facts, self.config, action,
-                                        reply if outcome.identity is decided_by else ""))
+                                        reply if outcome.identity is decided_by else None))
 
-    def _end_transaction(self, action: str) -> None:
+    def _end_transaction(self, action: Action) -> None:
         tx, self._tx = self._tx, None
         if tx is None:
             return
         self._queue_id = None
-        if tx.logged:
-            return
-        reply = tx.evaluation.decision.reply if action.startswith("would-") else ""
-        self._log_outcomes(tx, action, reply)
+        if not tx.logged:
+            would = action in (Action.WOULD_REJECT, Action.WOULD_DEFER)
+            self._log_outcomes(tx, action, tx.evaluation.decision.reply if would else None)

@@ -1,10 +1,18 @@
-"""What to do with a message: a pure function of the SPF outcomes, the facts and the config."""
+"""What to do with a message: pure functions of the SPF outcomes, the facts and the config.
+
+Every decision lives here, for the milter and for ``spfmilter check``/``explain`` alike:
+:func:`evaluate` at MAIL FROM (trust, SPF, :func:`decide`), :func:`rcpt_verdict` per
+recipient (staged rollout, exempt recipients, the DKIM hold), :func:`dkim_verdict` for a
+held refusal at end of message, and :func:`disposition` for what an accepted message is
+logged as and which note its Authentication-Results carries.  Replies are :class:`Reply`
+values and logged actions :class:`Action` members.
+"""
 from __future__ import annotations
 
 import enum
 import ipaddress
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from .config import Config, FailHold, TempErrorAction
 from .text import reply_text
@@ -25,26 +33,54 @@ class Facts:
 
 
 class Action(str, enum.Enum):
+    """What was done with a transaction: the log's ``action=``, the metrics label, what
+    ``spfmilter report`` counts.  A Decision's action is one of the first three."""
+
     ACCEPT = "accept"
     REJECT = "reject"
     DEFER = "defer"
+    WOULD_REJECT = "would-reject"  # header-only: accepted, enforcement would have refused it
+    WOULD_DEFER = "would-defer"
+    ACCEPT_EXEMPT = "accept-exempt"  # only exempt recipients (postmaster@, abuse@) got it
+    ACCEPT_DKIM = "accept-dkim"  # a held SPF fail spared by an aligned DKIM signature
+    ABORTED = "aborted"  # the client ended the transaction before the end of the message
+    SKIPPED = "skipped"  # a trusted client, not checked (metrics; its log line says accept)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An SMTP reply: code, enhanced status code (RFC 3463) and text."""
+
+    code: int
+    xcode: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.xcode} {self.text}"
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+# RFC 3463 section 3.4: 4.3.0 is "other or undefined mail system status".
+INTERNAL_ERROR = Reply(451, "4.3.0", "Temporary error in the SPF filter; please try again later")
+# RFC 5321 section 3.3: a recipient refused with 452 is sent again in a later transaction;
+# RFC 3463 section 3.6: 4.5.3 is "too many recipients" (for this transaction).
+SEPARATE_TRANSACTION = Reply(452, "4.5.3", "This recipient needs a separate transaction; please send it again")
+# RFC 3463 section 3.5: 4.4.3 is "directory server failure" (DNS).
+DKIM_DNS_FAILURE = Reply(451, "4.4.3", "Temporary DNS failure checking the DKIM signature; please try again later")
 
 
 @dataclass(frozen=True)
 class Decision:
     action: Action
-    code: str = ""  # "550"
-    xcode: str = ""  # "5.7.23"
-    text: str = ""
+    reply: Optional[Reply] = None  # the refusal; None when accepted
     identity: Optional[Identity] = None  # the identity whose result decided
 
     @property
     def refuses(self) -> bool:
-        return self.action is not Action.ACCEPT
-
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {self.xcode} {self.text}" if self.refuses else ""
+        return self.reply is not None
 
 
 ACCEPT = Decision(Action.ACCEPT)
@@ -86,6 +122,12 @@ def removes_forged_headers(facts: Facts, config: Config) -> bool:
     return trusted_network(facts, config) is None
 
 
+def vouched_for(evaluation: Evaluation) -> bool:
+    """Whether the client may send as one of our domains unchanged through SRS forwarding:
+    a trusted network, a local or a SASL-authenticated client (checked or not)."""
+    return evaluation.skip_reason is not None or bool(evaluation.facts.auth_user)
+
+
 def decide(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config) -> Decision:
     """The reply enforcement gives for this transaction (header-only mode logs it instead).
 
@@ -99,9 +141,9 @@ def decide(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config)
         if outcome.result.value in config.reject_results(outcome.identity.value):
             return _reject(outcome, facts)
     if config.temperror_action is TempErrorAction.DEFER and mailfrom.result is SpfResult.TEMPERROR:
-        return Decision(Action.DEFER, "451", "4.7.24", reply_text(
+        return Decision(Action.DEFER, Reply(451, "4.7.24", reply_text(
             f"SPF temporary error for {_what(mailfrom)}: "
-            f"{mailfrom.problem or 'DNS lookup failed'}; please try again later"), mailfrom.identity)
+            f"{mailfrom.problem or 'DNS lookup failed'}; please try again later")), mailfrom.identity)
     return ACCEPT
 
 
@@ -116,7 +158,7 @@ def _reject(outcome: SpfOutcome, facts: Facts) -> Decision:
     if outcome.result is SpfResult.PERMERROR:
         # RFC 7372 section 3.2: 5.7.24 is an SPF validation error.
         text = f"SPF permanent error for {_what(outcome)}: {outcome.problem or 'invalid SPF record'}"
-        return Decision(Action.REJECT, "550", "5.7.24", reply_text(text), outcome.identity)
+        return Decision(Action.REJECT, Reply(550, "5.7.24", reply_text(text)), outcome.identity)
     if outcome.result is SpfResult.FAIL and outcome.explanation:
         # RFC 7208 section 8.4: say that the text comes from the sender's domain.
         text = f"SPF fail for {_what(outcome)}; {outcome.domain} explains: {outcome.explanation}"
@@ -126,7 +168,7 @@ def _reject(outcome: SpfOutcome, facts: Facts) -> Decision:
         text = (f"SPF {outcome.result.value} for {_what(outcome)}: "
                 f"{ip} is not authorized to send for {outcome.domain or outcome.sender}")
     # RFC 7372 section 3.2: 5.7.23 means SPF validation failed.
-    return Decision(Action.REJECT, "550", "5.7.23", reply_text(text), outcome.identity)
+    return Decision(Action.REJECT, Reply(550, "5.7.23", reply_text(text)), outcome.identity)
 
 
 def is_exempt_recipient(recipient: str, config: Config) -> bool:
@@ -180,8 +222,8 @@ def routed_anywhere(recipient: str) -> bool:
         or (not domain and "!" in address.text)
 
 
-def enforced_for(evaluation: Evaluation, recipient: str, config: Config) -> bool:
-    """Whether a refusal is carried out for this recipient (staged rollout).
+def _rollout_reason(evaluation: Evaluation, recipient: str, config: Config) -> Optional[str]:
+    """Why the staged rollout does not enforce a refusal for ``recipient`` (None: it does).
 
     ``header_only_senders`` spares a sender domain everywhere; ``enforce_domains`` and
     ``header_only_domains`` override ``mode`` for the recipient's domain.  A recipient that
@@ -189,16 +231,24 @@ def enforced_for(evaluation: Evaluation, recipient: str, config: Config) -> bool
     enforcement applies, so ``victim%enforced.example@header-only.example`` cannot slip
     past ``enforce_domains``.
     """
-    if deciding_domain(evaluation) in config.header_only_senders:
-        return False
-    if routed_anywhere(recipient):
-        return enforcement_possible(config)
+    sender_domain = deciding_domain(evaluation)
+    if sender_domain in config.header_only_senders:
+        return f"header_only_senders lists {sender_domain}"
     domain = parse_envelope_address(recipient).domain.lower().rstrip(".")
-    if domain in config.enforce_domains:
-        return True
-    if domain in config.header_only_domains:
-        return False
-    return config.enforce
+    if routed_anywhere(recipient):
+        enforced = enforcement_possible(config)
+    elif domain in config.enforce_domains:
+        enforced = True
+    elif domain in config.header_only_domains:
+        return f"header_only_domains lists {domain}"
+    else:
+        enforced = config.enforce
+    return None if enforced else "header-only mode"
+
+
+def enforced_for(evaluation: Evaluation, recipient: str, config: Config) -> bool:
+    """Whether the staged rollout carries a refusal out for this recipient."""
+    return _rollout_reason(evaluation, recipient, config) is None
 
 
 def enforcement_possible(config: Config) -> bool:
@@ -206,12 +256,17 @@ def enforcement_possible(config: Config) -> bool:
     return config.enforce or bool(config.enforce_domains)
 
 
+def not_enforced_reason(evaluation: Evaluation, recipient: str, config: Config) -> Optional[str]:
+    """Why a refusing decision is not carried out for ``recipient``; None when it is."""
+    if is_exempt_recipient(recipient, config):
+        return f"exempt recipient {recipient}"
+    return _rollout_reason(evaluation, recipient, config)
+
+
 def rcpt_reply(evaluation: Evaluation, recipient: str, config: Config) -> Decision:
     """The answer to one RCPT TO: the refusal, unless not enforced for it or an exempt recipient."""
-    if (not evaluation.decision.refuses or is_exempt_recipient(recipient, config)
-            or not enforced_for(evaluation, recipient, config)):
-        return ACCEPT
-    return evaluation.decision
+    refuses = evaluation.decision.refuses and not_enforced_reason(evaluation, recipient, config) is None
+    return evaluation.decision if refuses else ACCEPT
 
 
 def spared(evaluation: Evaluation, recipient: str, config: Config) -> bool:
@@ -220,23 +275,40 @@ def spared(evaluation: Evaluation, recipient: str, config: Config) -> bool:
             and not enforced_for(evaluation, recipient, config))
 
 
-def not_enforced_reason(evaluation: Evaluation, recipient: str, config: Config) -> str:
-    """Why a refusing decision is not carried out for ``recipient`` (for `spfmilter check`)."""
-    if is_exempt_recipient(recipient, config):
-        return f"exempt recipient {recipient}"
-    sender_domain = deciding_domain(evaluation)
-    if sender_domain in config.header_only_senders:
-        return f"header_only_senders lists {sender_domain}"
-    domain = parse_envelope_address(recipient).domain.lower().rstrip(".")
-    if domain in config.header_only_domains and not routed_anywhere(recipient):
-        return f"header_only_domains lists {domain}"
-    return "header-only mode"
+@dataclass(frozen=True)
+class RcptVerdict:
+    """The answer to one RCPT TO, and what it means for the transaction."""
+
+    reply: Optional[Reply] = None  # a refusal; None: accepted
+    action: Optional[Action] = None  # the SPF refusal's action (reject, defer), logged with the outcomes
+    held: Optional[bool] = None  # spf_fail_hold: whether this recipient's refusal waits for DKIM
+    spared: bool = False  # accepted although enforcement would have refused it
+
+
+def rcpt_verdict(evaluation: Evaluation, recipient: str, config: Config, held: Optional[bool]) -> RcptVerdict:
+    """The verdict for ``recipient``; ``held`` is the transaction's hold so far (None: not yet set).
+
+    With ``spf_fail_hold = dkim`` a refusal waits for the end of the message (RFC 7489
+    section 10.1), where it can only be given to all recipients at once: held and free
+    recipients go in separate transactions, the later kind getting 452 4.5.3.
+    """
+    decision = rcpt_reply(evaluation, recipient, config)
+    hold = None
+    if held_for_dkim(evaluation, config):
+        hold = decision.refuses
+        if held is not None and held is not hold:
+            return RcptVerdict(SEPARATE_TRANSACTION)
+        if hold:
+            return RcptVerdict(held=True)
+    if decision.refuses:
+        return RcptVerdict(decision.reply, decision.action)
+    return RcptVerdict(held=hold, spared=spared(evaluation, recipient, config))
 
 
 DKIM_NOTE = "SPF fail overridden by a DKIM signature aligned with From: and MAIL FROM (RFC 7489 section 10.1)"
 
 
-def disposition(evaluation: Evaluation, spared: bool, dkim_spared: bool = False) -> tuple[str, Optional[tuple]]:
+def disposition(evaluation: Evaluation, spared: bool, dkim_spared: bool = False) -> tuple[Action, Optional[tuple]]:
     """What became of a message that is accepted: the logged action and the A-R note.
 
     ``spared``: a recipient got it although enforcement would have refused it (header-only
@@ -246,14 +318,29 @@ def disposition(evaluation: Evaluation, spared: bool, dkim_spared: bool = False)
     call this, so the headers they show cannot differ.
     """
     decision = evaluation.decision
-    if not decision.refuses:
-        return "accept", None
+    if decision.reply is None:
+        return Action.ACCEPT, None
     if dkim_spared:
-        return "accept-dkim", (decision.identity, DKIM_NOTE)
+        return Action.ACCEPT_DKIM, (decision.identity, DKIM_NOTE)
     if spared:
-        return f"would-{decision.action.value}", (
-            decision.identity, f"not enforced here; enforcement would refuse it with {decision.code} {decision.xcode}")
-    return "accept-exempt", None  # only exempt recipients (postmaster@, abuse@) got it
+        reply = decision.reply
+        return Action(f"would-{decision.action.value}"), (
+            decision.identity, f"not enforced here; enforcement would refuse it with {reply.code} {reply.xcode}")
+    return Action.ACCEPT_EXEMPT, None
+
+
+def dkim_verdict(evaluation: Evaluation, results: Sequence, checked: bool = True) -> tuple[Action, Optional[Reply]]:
+    """A held SPF refusal at the end of the message, given the DKIM ``results`` (DkimResult).
+
+    ACCEPT when an aligned signature verified; DEFER (451 4.4.3) when none did but an
+    aligned one met a temporary DNS failure; else the SPF refusal.  ``checked`` False: the
+    message could not be checked (too big to hold), which is the SPF refusal too.
+    """
+    if checked and any(r.result == "pass" and r.aligned for r in results):
+        return Action.ACCEPT, None
+    if checked and any(r.result == "temperror" and r.aligned for r in results):
+        return Action.DEFER, DKIM_DNS_FAILURE
+    return Action.REJECT, evaluation.decision.reply
 
 
 def held_for_dkim(evaluation: Evaluation, config: Config) -> bool:

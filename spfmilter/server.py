@@ -535,7 +535,8 @@ def run_worker(config: Config, listener: int, drain_timeout: float, keep_link: O
     listener error), ``milter.main()`` returns and we still wait for the sessions it
     keeps serving.
     """
-    from .milter import SpfMilter, make_service
+    from .milter import SpfMilter
+    from .service import make_service
 
     service = make_service(config, srs_policy, worker_metrics(config.metrics_listen))
     sessions = Sessions()

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from .policy import SEPARATE_TRANSACTION, Reply
 from .srs import SrsError, SrsKeys, reverse, srs_tag
 
 
@@ -74,16 +75,12 @@ class RcptSrs:
 
     kind: Optional[Kind] = None
     original: str = ""  # a reversed SRS recipient's real address
-    code: int = 0  # a refusal: SMTP code, enhanced code, text
-    xcode: str = ""
-    text: str = ""
+    reply: Optional[Reply] = None  # a refusal
     reason: str = ""  # for the log: bad-hash, expired, ...
 
-    @property
-    def refuses(self) -> bool:
-        return self.code != 0
 
-
+# RFC 3463 section 3.2: 5.1.1 is "bad destination mailbox address".
+NO_MAILBOX = Reply(550, "5.1.1", "No such mailbox: this domain only receives bounces to SRS addresses")
 _REFUSAL_TEXT = {
     "bad-hash": "its signature is not valid",
     "hash-too-short": "its signature is too short",
@@ -120,22 +117,20 @@ def rcpt_srs(policy: SrsPolicy, sender: str, trusted: bool, recipient: str,
             and local.lower() != "postmaster":
         # A dedicated SRS domain has no mailboxes: the MTA accepts any address there
         # (relay_domains), so anything but an SRS address would be relayed back to us.
-        return RcptSrs(code=550, xcode="5.1.1", reason="not-srs",
-                       text="No such mailbox: this domain only receives bounces to SRS addresses")
+        return RcptSrs(reply=NO_MAILBOX, reason="not-srs")
     if in_srs_domain and srs_tag(local):
         try:
             original = reverse(address, policy.keys, now)
         except SrsError as exc:
-            return RcptSrs(code=550, xcode="5.1.1", reason=exc.reason,
-                           text=f"Invalid SRS address: {_REFUSAL_TEXT.get(exc.reason, 'it is not valid')}")
+            why = _REFUSAL_TEXT.get(exc.reason, "it is not valid")
+            return RcptSrs(reply=Reply(550, "5.1.1", f"Invalid SRS address: {why}"), reason=exc.reason)
         wanted = Kind.PLAIN
     else:
         original = ""
         rewrite = policy.sender_rewritable(sender, trusted) and at != "" and policy.is_forwarded(address)
         wanted = Kind.FORWARD if rewrite else Kind.PLAIN
     if kind is not None and wanted is not kind:
-        return RcptSrs(code=452, xcode="4.5.3", reason="mixed",
-                       text="This recipient needs a different envelope sender; send it in a new transaction")
+        return RcptSrs(reply=SEPARATE_TRANSACTION, reason="mixed")
     return RcptSrs(kind=wanted, original=original)
 
 

@@ -20,7 +20,7 @@ import spfmilter.milter as milter_module
 from spfmilter import cli, policy
 
 _real_evaluate = policy.evaluate
-_real_rcpt_reply = policy.rcpt_reply
+_real_rcpt_verdict = policy.rcpt_verdict
 
 
 def _evaluate(facts, config, verify):
@@ -29,10 +29,10 @@ def _evaluate(facts, config, verify):
     return _real_evaluate(facts, config, verify)
 
 
-def _rcpt_reply(evaluation, recipient, config):
+def _rcpt_verdict(evaluation, recipient, config, held):
     if "crash-rcpt@" in recipient:
         raise RuntimeError("injected failure in the RCPT decision")
-    return _real_rcpt_reply(evaluation, recipient, config)
+    return _real_rcpt_verdict(evaluation, recipient, config, held)
 
 
 _real_normalise_ip = milter_module.normalise_ip
@@ -66,7 +66,7 @@ def _rcpt_srs(policy, sender, trusted, recipient, kind, now):
 
 
 milter_module.evaluate = _evaluate
-milter_module.rcpt_reply = _rcpt_reply
+milter_module.rcpt_verdict = _rcpt_verdict
 milter_module.normalise_ip = _normalise_ip
 milter_module.hdr.is_forged = _is_forged
 milter_module.hdr.spf_headers = _spf_headers

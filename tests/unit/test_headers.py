@@ -22,7 +22,7 @@ from spfmilter.headers import (
     skip_line,
     spf_headers,
 )
-from spfmilter.policy import Facts
+from spfmilter.policy import Action, Facts, Reply
 from spfmilter.text import clean
 from spfmilter.verify import Identity, SpfOutcome, SpfResult
 from tests.support import spellings
@@ -463,8 +463,8 @@ def test_other_headers_are_never_forged(name):
 
 def test_log_line_shape():
     outcome = mailfrom_outcome(SpfResult.FAIL, mechanism="-all")
-    line = log_line(outcome, Facts(IP, HELO, SENDER, queue_id="4ABC123"), CONFIG, "reject",
-                    "550 5.7.23 SPF fail")
+    line = log_line(outcome, Facts(IP, HELO, SENDER, queue_id="4ABC123"), CONFIG, Action.REJECT,
+                    Reply(550, "5.7.23", "SPF fail"))
     assert line == ("Fail; identity=mailfrom; client-ip=192.0.2.1; helo=mail.example.net; "
                     "envelope-from=alice@example.org; receiver=mx.test; mechanism=-all; action=reject; "
                     'reply="550 5.7.23 SPF fail"; queue-id=4ABC123')
@@ -483,7 +483,7 @@ def test_log_line_shape():
 def test_log_line_fields(result, title, identity):
     outcome_for = helo_outcome if identity is Identity.HELO else mailfrom_outcome
     outcome = outcome_for(result, problem="why not" if result is not SpfResult.PASS else None)
-    fields = split_log_line(log_line(outcome, Facts(IP, HELO, SENDER), CONFIG, "accept"))
+    fields = split_log_line(log_line(outcome, Facts(IP, HELO, SENDER), CONFIG, Action.ACCEPT))
     assert fields[0] == title
     keys = [field.split("=", 1)[0] for field in fields[1:]]
     expected = ["identity", "client-ip", "helo", "envelope-from", "receiver"]
@@ -506,7 +506,7 @@ def test_log_line_fields(result, title, identity):
 def test_log_line_hostile_values_cannot_add_fields(helo, sender):
     facts = Facts("2001:db8::1", helo, sender, queue_id="Q1; action=accept")
     line = log_line(mailfrom_outcome(SpfResult.FAIL, sender=sender, problem="p; action=accept",
-                                     mechanism="m; action=accept"), facts, CONFIG, "reject", "550 x; action=accept")
+                                     mechanism="m; action=accept"), facts, CONFIG, Action.REJECT, Reply(550, "x;", "action=accept"))
     assert not re.search(r"[\x00-\x1f\x7f]", line)
     fields = split_log_line(line)
     assert fields[0] == "Fail"
@@ -520,7 +520,7 @@ def test_log_line_hostile_values_cannot_add_fields(helo, sender):
 
 
 def test_log_line_null_sender_and_unknown_client():
-    line = log_line(helo_outcome(SpfResult.NONE), Facts(None, "", ""), CONFIG, "accept")
+    line = log_line(helo_outcome(SpfResult.NONE), Facts(None, "", ""), CONFIG, Action.ACCEPT)
     assert line == ('None; identity=helo; client-ip=unknown; helo=""; envelope-from=<>; receiver=mx.test; '
                     "action=accept")
 

@@ -20,7 +20,7 @@ from spfmilter.cli import setup_logging
 from spfmilter.config import parse_text
 from spfmilter.headers import log_line, skip_line
 from spfmilter.logreport import Record, add_parser, parse_line, render_html, render_text, run, summarise
-from spfmilter.policy import Facts, decide
+from spfmilter.policy import Action, Facts, decide
 from spfmilter.text import clean
 from spfmilter.verify import Identity, SpfOutcome, SpfResult as R
 
@@ -51,8 +51,8 @@ def transaction(helo_result=R.PASS, mailfrom_result=R.PASS, sender="alice@exampl
             action = "accept"
         else:
             action = decision.action.value if config.enforce else f"would-{decision.action.value}"
-    reply = decision.reply if action != "accept" else ""
-    return [log_line(outcome, facts, config, action, reply if outcome.identity is decision.identity else "")
+    reply = decision.reply if action != "accept" else None
+    return [log_line(outcome, facts, config, Action(action), reply if outcome.identity is decision.identity else None)
             for outcome in (helo_outcome, mailfrom_outcome)]
 
 

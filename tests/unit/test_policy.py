@@ -12,6 +12,7 @@ from spfmilter.policy import (
     Decision,
     Evaluation,
     Facts,
+    Reply,
     decide,
     evaluate,
     is_exempt_recipient,
@@ -42,10 +43,10 @@ def mailfrom(result: SpfResult, **kw) -> SpfOutcome:
 
 
 def assert_safe_reply(decision: Decision):
-    assert re.fullmatch(r"[\x20-\x7e]*", decision.text), decision.text
-    assert "%" not in decision.text
-    assert len(decision.text) <= 400
-    assert "\r" not in decision.reply and "\n" not in decision.reply
+    assert re.fullmatch(r"[\x20-\x7e]*", decision.reply.text), decision.reply.text
+    assert "%" not in decision.reply.text
+    assert len(decision.reply.text) <= 400
+    assert "\r" not in str(decision.reply) and "\n" not in str(decision.reply)
 
 
 # --------------------------------------------------------------------------- default config
@@ -54,25 +55,25 @@ def assert_safe_reply(decision: Decision):
 def test_default_helo_result_with_mailfrom_pass(result):
     decision = decide(helo(result), mailfrom(SpfResult.PASS), FACTS, config())
     if result is SpfResult.FAIL:
-        assert (decision.action, decision.code, decision.xcode, decision.identity) == \
-            (Action.REJECT, "550", "5.7.23", Identity.HELO)
-        assert decision.text == f"SPF fail for HELO {HELO}: {IP} is not authorized to send for {HELO}"
-        assert decision.reply == f"550 5.7.23 {decision.text}"
+        assert (decision.action, decision.reply.code, decision.reply.xcode, decision.identity) == \
+            (Action.REJECT, 550, "5.7.23", Identity.HELO)
+        assert decision.reply.text == f"SPF fail for HELO {HELO}: {IP} is not authorized to send for {HELO}"
+        assert str(decision.reply) == f"550 5.7.23 {decision.reply.text}"
     else:  # a HELO temperror alone is not deferred
         assert decision == ACCEPT
-        assert decision.reply == ""
+        assert decision.reply is None
 
 
 @pytest.mark.parametrize("result", ALL)
 def test_default_mailfrom_result_with_helo_pass(result):
     decision = decide(helo(SpfResult.PASS), mailfrom(result), FACTS, config())
     if result is SpfResult.FAIL:
-        assert (decision.action, decision.code, decision.xcode, decision.identity) == \
-            (Action.REJECT, "550", "5.7.23", Identity.MAILFROM)
-        assert decision.text == (f"SPF fail for example.org (MAIL FROM {SENDER}): "
+        assert (decision.action, decision.reply.code, decision.reply.xcode, decision.identity) == \
+            (Action.REJECT, 550, "5.7.23", Identity.MAILFROM)
+        assert decision.reply.text == (f"SPF fail for example.org (MAIL FROM {SENDER}): "
                                  f"{IP} is not authorized to send for example.org")
     elif result is SpfResult.TEMPERROR:
-        assert (decision.action, decision.code, decision.xcode) == (Action.DEFER, "451", "4.7.24")
+        assert (decision.action, decision.reply.code, decision.reply.xcode) == (Action.DEFER, 451, "4.7.24")
     else:
         assert decision == ACCEPT
 
@@ -91,13 +92,13 @@ def test_helo_fail_decides_first(other):
     decision = decide(helo(SpfResult.FAIL), mailfrom(other), FACTS, config())
     assert decision.action is Action.REJECT
     assert decision.identity is Identity.HELO
-    assert decision.xcode == "5.7.23"
+    assert decision.reply.xcode == "5.7.23"
 
 
 def test_helo_decides_first_even_when_both_reject_differently():
     cfg = config("mailfrom_reject_results = permerror\nhelo_reject_results = softfail\n")
     decision = decide(helo(SpfResult.SOFTFAIL), mailfrom(SpfResult.PERMERROR, problem="x"), FACTS, cfg)
-    assert (decision.identity, decision.xcode) == (Identity.HELO, "5.7.23")
+    assert (decision.identity, decision.reply.xcode) == (Identity.HELO, "5.7.23")
 
 
 # --------------------------------------------------------------------------- configured reject results
@@ -121,10 +122,10 @@ def test_configured_reject_results(identity, result, xcode, text):
         what, domain = f"example.org (MAIL FROM {SENDER})", "example.org"
     decision = decide(*outcomes, FACTS, cfg)
     assert decision.action is Action.REJECT
-    assert (decision.code, decision.xcode) == ("550", xcode)
+    assert (decision.reply.code, decision.reply.xcode) == (550, xcode)
     assert decision.identity is Identity(identity)
-    assert decision.text == text.format(what=what, domain=domain)
-    assert decision.reply == f"550 {xcode} {decision.text}"
+    assert decision.reply.text == text.format(what=what, domain=domain)
+    assert str(decision.reply) == f"550 {xcode} {decision.reply.text}"
 
 
 @pytest.mark.parametrize("identity", ["helo", "mailfrom"])
@@ -146,18 +147,18 @@ def test_reject_list_of_one_identity_does_not_apply_to_the_other():
 def test_permerror_without_problem_text():
     cfg = config("mailfrom_reject_results = permerror\n")
     decision = decide(helo(SpfResult.PASS), mailfrom(SpfResult.PERMERROR), FACTS, cfg)
-    assert decision.text == f"SPF permanent error for example.org (MAIL FROM {SENDER}): invalid SPF record"
+    assert decision.reply.text == f"SPF permanent error for example.org (MAIL FROM {SENDER}): invalid SPF record"
 
 
 def test_null_sender_and_local_client_in_texts():
     facts = Facts(None, HELO, "")
     outcome = SpfOutcome(Identity.MAILFROM, SpfResult.FAIL, HELO, f"postmaster@{HELO}")
     decision = decide(helo(SpfResult.PASS), outcome, facts, config())
-    assert decision.text == (f"SPF fail for {HELO} (MAIL FROM postmaster@{HELO}): "
+    assert decision.reply.text == (f"SPF fail for {HELO} (MAIL FROM postmaster@{HELO}): "
                              f"unknown is not authorized to send for {HELO}")
     outcome = SpfOutcome(Identity.MAILFROM, SpfResult.NONE, "", "")
     decision = decide(helo(SpfResult.PASS), outcome, facts, config("mailfrom_reject_results = none"))
-    assert decision.text == "SPF none for sender (MAIL FROM <>): no SPF policy, and this server requires one"
+    assert decision.reply.text == "SPF none for sender (MAIL FROM <>): no SPF policy, and this server requires one"
 
 
 # --------------------------------------------------------------------------- temperror
@@ -168,11 +169,11 @@ def test_null_sender_and_local_client_in_texts():
 def test_mailfrom_temperror_defers(helo_result):
     outcomes = (helo(helo_result), mailfrom(SpfResult.TEMPERROR, problem="DNS timeout"))
     decision = decide(*outcomes, FACTS, config())
-    assert (decision.action, decision.code, decision.xcode) == (Action.DEFER, "451", "4.7.24")
+    assert (decision.action, decision.reply.code, decision.reply.xcode) == (Action.DEFER, 451, "4.7.24")
     assert decision.identity is Identity.MAILFROM
-    assert decision.text == (f"SPF temporary error for example.org (MAIL FROM {SENDER}): "
+    assert decision.reply.text == (f"SPF temporary error for example.org (MAIL FROM {SENDER}): "
                              "DNS timeout; please try again later")
-    assert decision.reply == f"451 4.7.24 {decision.text}"
+    assert str(decision.reply) == f"451 4.7.24 {decision.reply.text}"
     assert decision.refuses
 
 
@@ -188,14 +189,14 @@ def test_null_sender_temperror_defers():
     mailfrom_outcome = SpfOutcome(Identity.MAILFROM, SpfResult.TEMPERROR, HELO, f"postmaster@{HELO}",
                                   problem="SERVFAIL")
     decision = decide(outcome, mailfrom_outcome, Facts(IP, HELO, ""), config())
-    assert (decision.action, decision.code, decision.xcode) == (Action.DEFER, "451", "4.7.24")
-    assert decision.text == (f"SPF temporary error for {HELO} (MAIL FROM postmaster@{HELO}): "
+    assert (decision.action, decision.reply.code, decision.reply.xcode) == (Action.DEFER, 451, "4.7.24")
+    assert decision.reply.text == (f"SPF temporary error for {HELO} (MAIL FROM postmaster@{HELO}): "
                              "SERVFAIL; please try again later")
 
 
 def test_temperror_without_problem_text():
     decision = decide(helo(SpfResult.NONE), mailfrom(SpfResult.TEMPERROR), FACTS, config())
-    assert decision.text == (f"SPF temporary error for example.org (MAIL FROM {SENDER}): "
+    assert decision.reply.text == (f"SPF temporary error for example.org (MAIL FROM {SENDER}): "
                              "DNS lookup failed; please try again later")
 
 
@@ -210,7 +211,7 @@ def test_temperror_accepted_when_configured(other):
 def test_reject_wins_over_temperror(action):
     cfg = config(f"temperror_action = {action}\n")
     decision = decide(helo(SpfResult.TEMPERROR), mailfrom(SpfResult.FAIL), FACTS, cfg)
-    assert (decision.action, decision.xcode, decision.identity) == (Action.REJECT, "5.7.23", Identity.MAILFROM)
+    assert (decision.action, decision.reply.xcode, decision.identity) == (Action.REJECT, "5.7.23", Identity.MAILFROM)
 
 
 # --------------------------------------------------------------------------- explanations
@@ -218,9 +219,9 @@ def test_reject_wins_over_temperror(action):
 def test_fail_with_explanation_names_domain_and_text():
     outcome = mailfrom(SpfResult.FAIL, explanation="See https://example.org/spf for why")
     decision = decide(helo(SpfResult.PASS), outcome, FACTS, config())
-    assert decision.text == (f"SPF fail for example.org (MAIL FROM {SENDER}); example.org explains: "
+    assert decision.reply.text == (f"SPF fail for example.org (MAIL FROM {SENDER}); example.org explains: "
                              "See https://example.org/spf for why")
-    assert decision.xcode == "5.7.23"
+    assert decision.reply.xcode == "5.7.23"
 
 
 @pytest.mark.parametrize("explanation", [
@@ -239,7 +240,7 @@ def test_hostile_explanations_give_safe_replies(explanation, identity):
     decision = decide(*outcomes, FACTS, config())
     assert decision.action is Action.REJECT
     assert_safe_reply(decision)
-    assert "explains: " in decision.text
+    assert "explains: " in decision.reply.text
 
 
 @pytest.mark.parametrize("hostile", [
@@ -377,8 +378,8 @@ def test_is_exempt_recipient(cfgtext, recipient, expected):
 
 # --------------------------------------------------------------------------- rcpt_reply()
 
-REJECT = Decision(Action.REJECT, "550", "5.7.23", "SPF fail", Identity.MAILFROM)
-DEFER = Decision(Action.DEFER, "451", "4.7.24", "SPF temporary error", Identity.HELO)
+REJECT = Decision(Action.REJECT, Reply(550, "5.7.23", "SPF fail"), Identity.MAILFROM)
+DEFER = Decision(Action.DEFER, Reply(451, "4.7.24", "SPF temporary error"), Identity.HELO)
 
 
 @pytest.mark.parametrize("mode", ["header-only", "enforce"])
@@ -404,9 +405,9 @@ def test_rcpt_reply_for_skipped_transaction():
 
 
 def test_decision_reply_property():
-    assert ACCEPT.reply == "" and not ACCEPT.refuses
-    assert REJECT.reply == "550 5.7.23 SPF fail" and REJECT.refuses
-    assert DEFER.reply == "451 4.7.24 SPF temporary error" and DEFER.refuses
+    assert ACCEPT.reply is None and not ACCEPT.refuses
+    assert str(REJECT.reply) == "550 5.7.23 SPF fail" and REJECT.refuses
+    assert str(DEFER.reply) == "451 4.7.24 SPF temporary error" and DEFER.refuses
 
 
 @pytest.mark.parametrize("sender,helo_result,mailfrom_result,held,domain", [

@@ -1,11 +1,13 @@
 """Per-domain staged rollout (policy.enforced_for / rcpt_reply / spared): tables."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from spfmilter.config import parse_text
-from spfmilter.policy import (DKIM_NOTE, Evaluation, Facts, decide, disposition, enforced_for, rcpt_reply,
-                             routed_anywhere, spared)
+from spfmilter.policy import (DKIM_NOTE, Action, Evaluation, Facts, decide, disposition, dkim_verdict,
+                             enforced_for, rcpt_reply, rcpt_verdict, routed_anywhere, spared)
 from spfmilter.verify import Identity, SpfOutcome, SpfResult
 
 FACTS = Facts(client_ip="192.0.2.7", helo="helo.example", sender="a@fail.example")
@@ -94,5 +96,49 @@ def test_disposition(mailfrom, spared_, dkim, action, note):
     cfg = parse_text("mode = enforce", "t")
     ev = evaluation(cfg, mailfrom=mailfrom)
     got_action, got_note = disposition(ev, spared=spared_, dkim_spared=dkim)
-    assert got_action == action
+    assert got_action is Action(action)
     assert got_note == (None if note is None else (Identity.MAILFROM, note))
+
+
+# --------------------------------------------------------------------------- rcpt_verdict, dkim_verdict
+
+@pytest.mark.parametrize("cfgtext, recipient, held_so_far, reply, held, spared_", [
+    ("mode = enforce", "<b@mx.test>", None, "550 5.7.23", None, False),
+    ("mode = enforce", "<postmaster@mx.test>", None, None, None, False),  # exempt: neither refused nor spared
+    ("mode = header-only", "<b@mx.test>", None, None, None, True),
+    ("mode = enforce\nspf_fail_hold = dkim", "<b@mx.test>", None, None, True, False),  # held for DKIM
+    ("mode = enforce\nspf_fail_hold = dkim", "<b@mx.test>", True, None, True, False),
+    ("mode = enforce\nspf_fail_hold = dkim", "<b@mx.test>", False, "452 4.5.3", None, False),  # mixed
+    ("mode = enforce\nspf_fail_hold = dkim", "<postmaster@mx.test>", None, None, False, False),  # free
+    ("mode = enforce\nspf_fail_hold = dkim", "<postmaster@mx.test>", True, "452 4.5.3", None, False),
+    ("mode = header-only\nspf_fail_hold = dkim\nenforce_domains = mx.test", "<b@other.test>", None, None, False,
+     True),
+])
+def test_rcpt_verdict(cfgtext, recipient, held_so_far, reply, held, spared_):
+    cfg = parse_text(cfgtext, "t")
+    verdict = rcpt_verdict(evaluation(cfg), recipient, cfg, held_so_far)
+    assert (None if verdict.reply is None else f"{verdict.reply.code} {verdict.reply.xcode}") == reply
+    assert verdict.action is (Action.REJECT if reply == "550 5.7.23" else None)  # 452 is not an SPF outcome
+    assert (verdict.held, verdict.spared) == (held, spared_)
+
+
+@dataclass(frozen=True)
+class Dkim:
+    result: str
+    aligned: bool
+
+
+@pytest.mark.parametrize("results, checked, action, reply", [
+    ([Dkim("pass", True)], True, Action.ACCEPT, None),
+    ([Dkim("fail", True), Dkim("pass", True)], True, Action.ACCEPT, None),
+    ([Dkim("pass", False)], True, Action.REJECT, "550 5.7.23"),  # unaligned
+    ([Dkim("temperror", True)], True, Action.DEFER, "451 4.4.3"),
+    ([Dkim("temperror", False)], True, Action.REJECT, "550 5.7.23"),
+    ([], True, Action.REJECT, "550 5.7.23"),
+    ([Dkim("pass", True)], False, Action.REJECT, "550 5.7.23"),  # too big to hold: not checked
+])
+def test_dkim_verdict(results, checked, action, reply):
+    cfg = parse_text("mode = enforce\nspf_fail_hold = dkim", "t")
+    got_action, got_reply = dkim_verdict(evaluation(cfg), results, checked)
+    assert got_action is action
+    assert (None if got_reply is None else f"{got_reply.code} {got_reply.xcode}") == reply

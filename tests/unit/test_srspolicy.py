@@ -67,13 +67,13 @@ def test_trusted_senders_are_rewritten_when_configured():
 ])
 def test_kinds(sender, recipient, kind_so_far, expected):
     verdict = rcpt_srs(POLICY, sender, False, recipient, kind_so_far, NOW)
-    assert not verdict.refuses and verdict.kind is expected
+    assert verdict.reply is None and verdict.kind is expected
 
 
 @pytest.mark.parametrize("recipient,kind_so_far", [("<user@mx.test>", Kind.FORWARD), ("<fwd@mx.test>", Kind.PLAIN)])
 def test_mixed_recipients_get_452_4_5_3(recipient, kind_so_far):
     verdict = rcpt_srs(POLICY, "alice@example.com", False, recipient, kind_so_far, NOW)
-    assert (verdict.code, verdict.xcode, verdict.reason) == (452, "4.5.3", "mixed")
+    assert (verdict.reply.code, verdict.reply.xcode, verdict.reason) == (452, "4.5.3", "mixed")
 
 
 def test_reverse_and_refusals():
@@ -83,27 +83,27 @@ def test_reverse_and_refusals():
     upper_domain = good.replace("srs.mx.test", "SRS.MX.TEST")
     assert rcpt_srs(POLICY, "", False, upper_domain, None, NOW).original == "alice@example.com"
     expired = rcpt_srs(POLICY, "", False, f"<{good}>", None, NOW + 40 * 86400)
-    assert (expired.code, expired.xcode, expired.reason) == (550, "5.1.1", "expired")
-    assert expired.text == "Invalid SRS address: it has expired"
+    assert (expired.reply.code, expired.reply.xcode, expired.reason) == (550, "5.1.1", "expired")
+    assert expired.reply.text == "Invalid SRS address: it has expired"
     forged = rcpt_srs(POLICY, "", False, "<SRS0=AAAA=AA=example.com=bob@srs.mx.test>", None, NOW)
-    assert (forged.code, forged.reason) == (550, "bad-hash")
+    assert (forged.reply.code, forged.reason) == (550, "bad-hash")
     # someone else's SRS address, and a plain address in the SRS domain, are not ours to judge
     other = rcpt_srs(POLICY, "", False, "<SRS0=AAAA=AA=example.com=bob@other.example>", None, NOW)
-    assert not other.refuses and other.original == ""
+    assert other.reply is None and other.original == ""
     postmaster = rcpt_srs(POLICY, "", False, "<postmaster@srs.mx.test>", None, NOW)
-    assert not postmaster.refuses and postmaster.original == ""
+    assert postmaster.reply is None and postmaster.original == ""
     # any other address in a dedicated SRS domain would only be relayed back to us
     nobody = rcpt_srs(POLICY, "", False, "<alice@srs.mx.test>", None, NOW)
-    assert (nobody.code, nobody.xcode, nobody.reason) == (550, "5.1.1", "not-srs")
+    assert (nobody.reply.code, nobody.reply.xcode, nobody.reason) == (550, "5.1.1", "not-srs")
     # an SRS domain that is also a local domain keeps its mailboxes
     shared = SrsPolicy("mx.test", KEYS, frozenset({"mx.test"}))
-    assert not rcpt_srs(shared, "", False, "<alice@mx.test>", None, NOW).refuses
+    assert rcpt_srs(shared, "", False, "<alice@mx.test>", None, NOW).reply is None
 
 
 def test_a_reversed_bounce_in_a_forwarding_transaction_is_retried():
     good = forward("alice@example.com", "srs.mx.test", KEYS, NOW)
     verdict = rcpt_srs(POLICY, "carol@example.com", False, f"<{good}>", Kind.FORWARD, NOW)
-    assert verdict.code == 452
+    assert verdict.reply.code == 452
 
 
 @pytest.mark.parametrize("raw,bare", [("<a@b>", "a@b"), (" <a@b> ", "a@b"), ("a@b", "a@b"), ("<>", "")])
