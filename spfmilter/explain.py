@@ -1,7 +1,7 @@
 """``spfmilter explain``: one SPF evaluation, step by step, for a postmaster at 3 a.m.
 
 The case is given as ``--ip/--helo/--sender`` or read from a message's trace
-headers (``--eml FILE``, read by :mod:`spfmilter.tracefacts`).  It is evaluated by the milter's own :class:`Verifier`
+headers (``--eml FILE``, :mod:`spfmilter.tracefacts`).  It is evaluated by the milter's own :class:`Verifier`
 and :func:`spfmilter.policy.evaluate`, exactly as ``spfmilter check`` does; the
 trace only *observes* that evaluation:
 
@@ -514,7 +514,7 @@ def term_reason(term: TermStep, client_ip: str, stopped: bool = False) -> str:
     return match
 
 
-def _list(values: Iterable, show: Callable[[object], str] = lambda value: printable(value, 300)) -> str:
+def _list(values: Iterable[object], show: Callable[[object], str] = lambda value: printable(value, 300)) -> str:
     """At most ANSWERS_SHOWN values, each as ``show`` gives it, and how many more there are."""
     values = list(values)
     shown = [show(value) for value in values[:ANSWERS_SHOWN]]
