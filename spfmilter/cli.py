@@ -13,6 +13,7 @@ from . import __version__
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, defaults, describe, load
 
 log = logging.getLogger("spfmilter")
+DEFAULT_RECIPIENT = "user@localhost"  # RCPT TO of a case evaluated by hand (check, explain)
 
 
 def setup_logging(config: Config, stream=None, syslog_address: str = "/dev/log") -> None:
@@ -76,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--helo", required=True, metavar="NAME", help="HELO/EHLO name")
     check.add_argument("--sender", required=True, metavar="ADDR",
                        help="MAIL FROM address ('' or <> for the null sender)")
-    check.add_argument("--recipient", default="user@localhost", metavar="ADDR",
+    check.add_argument("--recipient", default=DEFAULT_RECIPIENT, metavar="ADDR",
                        help="RCPT TO address (matters for exempt recipients like postmaster@)")
     check.add_argument("--auth-user", default=None, metavar="NAME",
                        help="SASL login name, as {auth_authen} would carry")
@@ -107,11 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXPLAIN_DEFAULT_RECIPIENT = "user@localhost"
-
-
 def add_explain_parser(subparsers) -> None:
-    """The ``explain`` command's options; spfmilter.explain itself is imported only to run it."""
+    """The ``explain`` command's options; spfmilter.explain is imported only to run it (and imports no cli)."""
     parser = subparsers.add_parser(
         "explain", help="show an SPF evaluation step by step",
         description="Evaluate SPF for one case as the milter would and show every step: each record "
@@ -124,7 +122,7 @@ def add_explain_parser(subparsers) -> None:
     parser.add_argument("--sender", metavar="ADDR", help="MAIL FROM address ('' or <> for the null sender)")
     parser.add_argument("--recipient", default=None, metavar="ADDR",
                         help=f"RCPT TO address (matters for exempt recipients like postmaster@; default: "
-                             f"X-Original-To/Delivered-To of --eml, else {EXPLAIN_DEFAULT_RECIPIENT})")
+                             f"X-Original-To/Delivered-To of --eml, else {DEFAULT_RECIPIENT})")
     parser.add_argument("--auth-user", default=None, metavar="NAME",
                         help="SASL login name, as {auth_authen} would carry")
     parser.add_argument("--eml", metavar="FILE",
@@ -133,7 +131,7 @@ def add_explain_parser(subparsers) -> None:
                              "or all three from a Received-SPF header")
     parser.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
                         help="configuration file (same default as above)")
-
+    parser.set_defaults(default_recipient=DEFAULT_RECIPIENT)
 
 
 def srs_command(args, config: Optional[Config]) -> int:

@@ -1,7 +1,7 @@
 """``spfmilter explain``: one SPF evaluation, step by step, for a postmaster at 3 a.m.
 
 The case is given as ``--ip/--helo/--sender`` or read from a message's trace
-headers (``--eml FILE``).  It is evaluated by the milter's own :class:`Verifier`
+headers (``--eml FILE``, :mod:`spfmilter.tracefacts`).  It is evaluated by the milter's own :class:`Verifier`
 and :func:`spfmilter.policy.evaluate`, exactly as ``spfmilter check`` does; the
 trace only *observes* that evaluation:
 
@@ -19,15 +19,13 @@ trace only *observes* that evaluation:
   it, which hands out :class:`_TracingQuery` objects.  So the result printed *is* the
   Verifier's result of the very evaluation traced, never a second opinion.
 
-Everything that came from DNS or from the message goes through :func:`printable`,
+Everything that came from DNS or from the message goes through :func:`~spfmilter.text.printable`,
 so CR, LF, escape sequences and other control characters are shown escaped.
 """
 from __future__ import annotations
 
 import ipaddress
-import re
 import sys
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Optional
@@ -37,9 +35,10 @@ import spf
 from . import verify
 from .config import Config
 from .checkcmd import milter_view
-from .headers import _strip_comments, _unquote
 from .service import make_service
-from .policy import Evaluation, Facts, evaluate, trust_reason
+from .policy import Evaluation, Facts, evaluate
+from .text import SHOWN_LIMIT, printable
+from .tracefacts import MessageError, facts_from_message
 from .verify import (
     Identity,
     SpfOutcome,
@@ -49,9 +48,6 @@ from .verify import (
     parse_envelope_address,
 )
 
-from .cli import EXPLAIN_DEFAULT_RECIPIENT as DEFAULT_RECIPIENT  # noqa: E402  (as ``spfmilter check``)
-
-TEXT_LIMIT = 1000  # characters of one untrusted value shown
 ANSWERS_SHOWN = 20  # answers of one DNS lookup shown
 TERM_COLUMN_MAX = 40
 
@@ -60,47 +56,7 @@ class UsageError(Exception):
     """The case cannot be evaluated as given (exit status 2)."""
 
 
-class MessageError(UsageError):
-    """No usable trace headers in the message."""
-
-
-# --------------------------------------------------------------------------- escaping
-
-_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def printable(text: object, limit: int = TEXT_LIMIT) -> str:
-    """Untrusted text for the terminal: controls, line separators and odd spaces escaped.
-
-    Backslash is escaped too, so ``\\n`` in the output always means a real LF was there;
-    a byte that is not UTF-8 is shown as ``\\xNN``.
-    """
-    if text is None:
-        return ""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "surrogateescape")
-    text = str(text)
-    out = []
-    for char in text:
-        if char in _NAMED_ESCAPES:
-            out.append(_NAMED_ESCAPES[char])
-            continue
-        category = unicodedata.category(char)
-        if category[0] == "C" or category in ("Zl", "Zp") or (category == "Zs" and char != " "):
-            code = ord(char)
-            if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte (surrogateescape)
-                code -= 0xDC00
-            out.append(f"\\x{code:02x}" if code < 0x100 else
-                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(char)
-    result = "".join(out)
-    if len(result) > limit:
-        result = f"{result[:limit]}... ({len(result) - limit} more characters)"
-    return result
-
-
-def quoted(text: object, limit: int = TEXT_LIMIT) -> str:
+def quoted(text: object, limit: int = SHOWN_LIMIT) -> str:
     """:func:`printable` text in double quotes (an inner quote is escaped)."""
     return '"' + printable(text, limit).replace('"', '\\"') + '"'
 
@@ -422,7 +378,7 @@ def _observed_match(term: TermStep) -> Optional[bool]:
 
 # --------------------------------------------------------------------------- evaluation
 
-def explain(config: Config, ip: str, helo: str, sender: str, recipient: str = DEFAULT_RECIPIENT,
+def explain(config: Config, ip: str, helo: str, sender: str, recipient: str,
             auth_user: Optional[str] = None, sources: Iterable[str] = ()) -> Explanation:
     """Evaluate one case as the milter would, recording every step of the SPF evaluation."""
     try:
@@ -466,10 +422,7 @@ def format_dns(step: DnsStep) -> str:
     if step.error and not step.void:
         return f"{head} -> temporary error: {printable(step.error)}"
     if step.answers:
-        shown = [_show_value(step.qtype, value) for value in step.answers[:ANSWERS_SHOWN]]
-        if len(step.answers) > ANSWERS_SHOWN:
-            shown.append(f"... ({len(step.answers) - ANSWERS_SHOWN} more)")
-        return f"{head} -> {', '.join(shown)}"
+        return f"{head} -> {_list(step.answers, lambda value: _show_value(step.qtype, value))}"
     text = f"{head} -> {'NXDOMAIN' if step.nxdomain else 'no records'}"
     if step.void:
         text += f" (void lookup {step.void} of {spf.MAX_VOID_LOOKUPS} allowed"
@@ -561,9 +514,10 @@ def term_reason(term: TermStep, client_ip: str, stopped: bool = False) -> str:
     return match
 
 
-def _list(values) -> str:
+def _list(values: Iterable[object], show: Callable[[object], str] = lambda value: printable(value, 300)) -> str:
+    """At most ANSWERS_SHOWN values, each as ``show`` gives it, and how many more there are."""
     values = list(values)
-    shown = [printable(value, 300) for value in values[:ANSWERS_SHOWN]]
+    shown = [show(value) for value in values[:ANSWERS_SHOWN]]
     if len(values) > ANSWERS_SHOWN:
         shown.append(f"... ({len(values) - ANSWERS_SHOWN} more)")
     return ", ".join(shown)
@@ -697,203 +651,34 @@ def format_explanation(explanation: Explanation) -> str:
     return "\n".join(lines) + "\n" + explanation.milter_view
 
 
-# --------------------------------------------------------------------------- .eml trace headers
-
-@dataclass(frozen=True)
-class TraceFacts:
-    """What a message's trace headers say about the SMTP session it arrived in."""
-
-    ip: Optional[str] = None
-    helo: Optional[str] = None
-    sender: Optional[str] = None  # "" is the null sender; None: not found
-    recipient: Optional[str] = None
-    sources: tuple = ()  # which header gave what, for the report
-
-
-def header_fields(data: bytes) -> list[tuple[str, str]]:
-    """The header section as (name, unfolded value), top first; the body is not read.
-
-    Folding (CRLF or LF followed by white space) is undone; any other CR or LF stays
-    in the value, for the report to show escaped.
-    """
-    text = data.decode("utf-8", "surrogateescape")
-    fields: list[list[str]] = []
-    lines = re.split(r"\r?\n", text)
-    if lines and lines[0].startswith("From "):  # mbox separator
-        lines = lines[1:]
-    for line in lines:
-        if line == "":
-            break
-        if line[0] in " \t":
-            if fields:
-                fields[-1][1] += line
-            continue
-        name, colon, value = line.partition(":")
-        if not colon or not name or any(c <= " " or c == "\x7f" for c in name):
-            continue  # not a header field; RFC 5322 section 2.2 names are printable ASCII
-        fields.append([name, value.lstrip(" \t")])
-    return [(name, value) for name, value in fields]
-
-
-# Postfix: from HELO (RDNS [IP]) / Sendmail: from HELO (NAME [IP]) or (user@NAME [IP] (may be forged))
-# Exim: from NAME ([IP] helo=HELO).  IPv6 literals are [IPv6:...].
-_RECEIVED = re.compile(
-    r"^[ \t]*from[ \t]+(?P<helo>[^\s()]+)[ \t]*\((?P<before>[^()\[\]]*)\[(?:IPv6:)?(?P<ip>[0-9A-Fa-f:.]+)\]"
-    r"(?P<after>[^()]*)", re.IGNORECASE)
-_EXIM_HELO = re.compile(r"\bhelo=([^\s()]+)", re.IGNORECASE)
-_PAIR = re.compile(r'(?:^|(?<=[\s;]))([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s;]*)')
-
-
-def parse_received(value: str) -> Optional[tuple[str, str]]:
-    """(ip, helo) from a Received value in the Postfix/Sendmail/Exim form, or None."""
-    match = _RECEIVED.match(value)
-    if match is None:
-        return None
-    try:
-        ip = normalise_ip(match.group("ip"))
-    except ValueError:
-        return None
-    helo = match.group("helo")
-    exim = _EXIM_HELO.search(match.group("after"))
-    if exim:
-        helo = exim.group(1)
-    return ip, helo
-
-
-def received_spf_pairs(value: str) -> dict[str, str]:
-    """The key=value pairs of a Received-SPF value (RFC 7208 section 9.1), comments removed."""
-    text = _strip_comments(value)
-    pairs: dict[str, str] = {}
-    for key, raw in _PAIR.findall(text):
-        pairs.setdefault(key.lower(), _unquote(raw))
-    return pairs
-
-
-def _same_host(a: str, b: str) -> bool:
-    return a.strip().rstrip(".").lower() == b.strip().rstrip(".").lower()
-
-
-def _shown(name: str, value: str, limit: int = 160) -> str:
-    """A header for the report: folding white space shown as one space, the rest escaped."""
-    text = re.sub(r"[ \t]+", " ", value).strip()
-    return f"{name}: {printable(text, limit)}"
-
-
-def facts_from_message(data: bytes, config: Config, name: str = "message") -> TraceFacts:
-    """Client IP, HELO and envelope sender from a delivered message's trace headers.
-
-    The topmost Received header in the ``from HELO (NAME [IP])`` form whose client is
-    not trusted (a loopback hop from a content filter is skipped, as the milter would
-    skip it) gives IP and HELO; Return-Path gives the sender.  Without such a Received
-    header a Received-SPF header's client-ip/helo/envelope-from are used, ours
-    (receiver= this server) first.  Raises MessageError when nothing usable is found.
-    """
-    fields = header_fields(data)
-    if not fields:
-        raise MessageError(f"{name}: no header fields found (is it an RFC 5322 message?)")
-    received = [value for field_name, value in fields if field_name.lower() == "received"]
-    rspf = [value for field_name, value in fields if field_name.lower() == "received-spf"]
-    return_path = next((value for field_name, value in fields if field_name.lower() == "return-path"), None)
-    recipient = next((value.strip() for field_name, value in fields
-                      if field_name.lower() in ("x-original-to", "delivered-to") and value.strip()), None)
-    sources: list[str] = []
-    ip = helo = sender = None
-    skipped = []
-    for index, value in enumerate(received, 1):
-        parsed = parse_received(value)
-        if parsed is None:
-            continue
-        why = trust_reason(Facts(client_ip=parsed[0], helo=parsed[1], sender=""), config)
-        if why is not None:
-            skipped.append(f"Received header {index} of {len(received)} (client {parsed[0]}: {why})")
-            continue
-        ip, helo = parsed
-        sources.append(f"client IP and HELO from Received header {index} of {len(received)}: "
-                       f"{_shown('Received', value)}")
-        break
-    if ip is None and skipped:  # only trusted hops: the milter would not check this message
-        for index, value in enumerate(received, 1):
-            parsed = parse_received(value)
-            if parsed is not None:
-                ip, helo = parsed
-                sources.append(f"client IP and HELO from Received header {index} of {len(received)} "
-                               f"(a trusted client): {_shown('Received', value)}")
-                break
-    elif skipped:
-        sources[0:0] = [f"skipped {item}" for item in skipped]
-    if return_path is not None:
-        sender = parse_envelope_address(return_path).text
-        sources.append(f"sender from {_shown('Return-Path', return_path)}")
-    candidates = [(index, received_spf_pairs(value), value) for index, value in enumerate(rspf, 1)]
-    usable = [c for c in candidates if "client-ip" in c[1] and "helo" in c[1]]
-    ours = [c for c in usable if _same_host(c[1].get("receiver", ""), config.receiver)]
-    chosen = (ours or usable or [None])[0]
-    if chosen is not None and (ip is None or sender is None):
-        index, pairs, value = chosen
-        whose = ("written by this server" if chosen in ours
-                 else f"written by receiver={printable(pairs.get('receiver', '?'), 100)}, not by this server")
-        took = []
-        if ip is None:
-            try:
-                ip = normalise_ip(pairs["client-ip"])
-                helo = pairs["helo"]
-                took.append("client IP and HELO")
-            except ValueError:
-                pass
-        if sender is None and "envelope-from" in pairs:
-            sender = parse_envelope_address(pairs["envelope-from"]).text
-            took.append("sender")
-        if took:
-            sources.append(f"{' and '.join(took)} from Received-SPF header {index} of {len(rspf)} ({whose}): "
-                           f"{_shown('Received-SPF', value)}")
-    if ip is None:
-        looked = (f"{len(received)} Received header(s), none of the form 'from HELO (NAME [IP])'"
-                  if received else "no Received header")
-        looked += (f"; {len(rspf)} Received-SPF header(s), none with client-ip= and helo="
-                   if rspf else "; no Received-SPF header")
-        raise MessageError(f"{name}: no usable trace header ({looked}); give --ip, --helo and --sender")
-    return TraceFacts(ip=ip, helo=helo, sender=sender, recipient=recipient, sources=tuple(sources))
-
-
 # --------------------------------------------------------------------------- command line
 
-def add_parser(subparsers) -> None:
-    """Add the ``explain`` command (its options are defined in spfmilter.cli, which must stay light)."""
-    from .cli import add_explain_parser
-
-    add_explain_parser(subparsers)
-
-
-def _case(args, config: Config) -> tuple[str, str, str, str, tuple]:
-    ip, helo, sender, recipient = args.ip, args.helo, args.sender, args.recipient
-    sources: tuple = ()
+def _case(args, config: Config) -> tuple[str, str, str, str, tuple[str, ...]]:
+    options = (("--ip", args.ip), ("--helo", args.helo), ("--sender", args.sender))
     eml = getattr(args, "eml", None)
-    if eml:
-        try:
-            if eml == "-":
-                data, name = sys.stdin.buffer.read(), "<stdin>"
-            else:
-                with open(eml, "rb") as handle:
-                    data, name = handle.read(), eml
-        except OSError as exc:
-            raise UsageError(f"{eml}: cannot read: {exc.strerror or exc}") from None
-        found = facts_from_message(data, config, printable(name))
-        given = [what for what, value in (("--ip", ip), ("--helo", helo), ("--sender", sender)) if value is not None]
-        ip = ip if ip is not None else found.ip
-        helo = helo if helo is not None else found.helo
-        sender = sender if sender is not None else found.sender
-        recipient = recipient if recipient is not None else found.recipient
-        sources = tuple(f"{printable(name)}: {source}" for source in found.sources)
-        if given:
-            sources += (f"given on the command line: {', '.join(given)}",)
-        if sender is None:
-            raise MessageError(f"{printable(name)}: no Return-Path header and no Received-SPF envelope-from=; "
-                               "give the envelope sender with --sender")
-    else:
-        missing = [what for what, value in (("--ip", ip), ("--helo", helo), ("--sender", sender)) if value is None]
+    if not eml:
+        missing = [what for what, value in options if value is None]
         if missing:
             raise UsageError(f"missing {', '.join(missing)} (give --ip, --helo and --sender, or --eml FILE)")
-    return ip, helo, sender, recipient or DEFAULT_RECIPIENT, sources
+        return args.ip, args.helo, args.sender, args.recipient or args.default_recipient, ()
+    try:
+        if eml == "-":
+            data, name = sys.stdin.buffer.read(), "<stdin>"
+        else:
+            with open(eml, "rb") as handle:
+                data, name = handle.read(), eml
+    except OSError as exc:
+        raise UsageError(f"{eml}: cannot read: {exc.strerror or exc}") from None
+    found = facts_from_message(data, config, printable(name))
+    ip, helo, sender, recipient = (mine if mine is not None else theirs for mine, theirs in (
+        (args.ip, found.ip), (args.helo, found.helo), (args.sender, found.sender), (args.recipient, found.recipient)))
+    if sender is None:
+        raise MessageError(f"{printable(name)}: no Return-Path header and no Received-SPF envelope-from=; "
+                           "give the envelope sender with --sender")
+    given = [what for what, value in options if value is not None]
+    sources = tuple(f"{printable(name)}: {source}" for source in found.sources)
+    sources += (f"given on the command line: {', '.join(given)}",) if given else ()
+    return ip, helo, sender, recipient or args.default_recipient, sources
 
 
 def run(args, config: Config, out=None, err=None) -> int:
@@ -903,7 +688,7 @@ def run(args, config: Config, out=None, err=None) -> int:
     try:
         ip, helo, sender, recipient, sources = _case(args, config)
         explanation = explain(config, ip, helo, sender, recipient, getattr(args, "auth_user", None), sources)
-    except UsageError as exc:
+    except (UsageError, MessageError) as exc:
         print(f"spfmilter explain: {exc}", file=err)
         return 2
     out.write(format_explanation(explanation))

@@ -14,7 +14,8 @@ import authres
 
 from .config import Config, HeaderType, is_hostname
 from .policy import Action, Facts, Reply
-from .text import clean, clip_address, comment_text, fold, is_dot_atom, log_address, log_value, quoted_string
+from .text import (clean, clip_address, comment_text, fold, is_dot_atom, log_address, log_value, quoted_string,
+                   strip_comments, unquote)
 from .verify import Identity, SpfOutcome, SpfResult
 
 AR_NAME = "Authentication-Results"
@@ -142,53 +143,12 @@ def render(headers: Iterable[tuple[str, str]]) -> str:
 
 # --------------------------------------------------------------------------- forged headers
 
-def _strip_comments(text: str) -> str:
-    """Remove RFC 5322 comments (nested, with quoted-pairs) outside quoted-strings."""
-    out = []
-    depth = 0
-    in_quote = False
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "\\" and (depth or in_quote):
-            if not depth:
-                out.append(text[index:index + 2])
-            index += 2
-            continue
-        if in_quote:
-            out.append(char)
-            if char == '"':
-                in_quote = False
-        elif char == "(":
-            depth += 1
-        elif char == ")" and depth:
-            depth -= 1
-        elif depth:
-            pass
-        else:
-            out.append(char)
-            if char == '"':
-                in_quote = True
-        index += 1
-    return "".join(out)
-
-
-def _unquote(token: str) -> str:
-    if len(token) >= 2 and token[0] == token[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", token[1:-1])
-    return token
-
-
-def _same_host(a: str, b: str) -> bool:
-    return a.strip().rstrip(".").lower() == b.strip().rstrip(".").lower()
-
-
 def authserv_id_of(value: str) -> Optional[str]:
     """The authserv-id an Authentication-Results value claims, read strictly (RFC 8601
     section 2.2), or None if it has none."""
-    text = _strip_comments(re.sub(r"[\r\n]", "", value)).strip()
+    text = strip_comments(re.sub(r"[\r\n]", "", value)).strip()
     match = re.match(r'"(?:[^"\\]|\\.)*"|[^\s;]+', text)
-    return _unquote(match.group(0)) if match else None
+    return unquote(match.group(0)) if match else None
 
 
 # Characters that can continue a host name label: our id followed by one of these (after
@@ -207,7 +167,7 @@ def _lenient_readings(text: str) -> list[str]:
     unparseable: then the parentheses are simply dropped, which errs towards "ours".
     """
     text = re.sub(r"[\r\n]", "", text)
-    stripped = _strip_comments(text)
+    stripped = strip_comments(text)
     if stripped.count("(") != stripped.count(")") or _open_comment(text):
         stripped = text.replace("(", " ").replace(")", " ")
     plain = re.sub(r"\\(.)", r"\1", stripped).replace("\\", "").replace('"', "")
@@ -264,7 +224,7 @@ def is_forged_received_spf(value: str, config: Config) -> bool:
 
     The value after ``receiver=`` is read as leniently as an A-R authserv-id is.
     """
-    text = _strip_comments(re.sub(r"[\r\n]", "", value))
+    text = strip_comments(re.sub(r"[\r\n]", "", value))
     return any(not m.group(0).startswith('"') and _claims(text[m.end():], config.receiver)
                for m in _RECEIVER.finditer(text))
 

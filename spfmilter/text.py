@@ -4,7 +4,9 @@ Everything that came from the network passes through here before it reaches a
 header, an SMTP reply or a log line: control characters (CR, LF, NUL, TAB, DEL,
 C1 controls, Unicode line separators, undecodable bytes) become ``?``, and length
 is capped so a hostile value can neither break the syntax nor make a line
-longer than RFC 5322 section 2.1.1 allows.
+longer than RFC 5322 section 2.1.1 allows.  On a terminal (``spfmilter explain``) such
+text is escaped instead (:func:`printable`).  Also the RFC 5322 pieces that reading a
+header value needs: comments, quoted-strings, host names compared.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import unicodedata
 
 REPLY_TEXT_LIMIT = 400  # an SMTP reply line is at most 512 octets (RFC 5321 section 4.5.3.1.5)
 VALUE_LIMIT = 256
+SHOWN_LIMIT = 1000  # characters of one untrusted value shown on a terminal (:func:`printable`)
 
 
 def clean(text: object, limit: int = VALUE_LIMIT) -> str:
@@ -36,6 +39,39 @@ def clean(text: object, limit: int = VALUE_LIMIT) -> str:
     result = "".join(out)
     if len(result) > limit:
         result = result[: max(0, limit - 3)] + "..."
+    return result
+
+
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object, limit: int = SHOWN_LIMIT) -> str:
+    """Untrusted text for the terminal: controls, line separators and odd spaces escaped.
+
+    Unlike :func:`clean` nothing is lost: backslash is escaped too, so ``\\n`` in the output
+    always means a real LF was there; a byte that is not UTF-8 is shown as ``\\xNN``.
+    """
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    out: list[str] = []
+    for char in str(text):
+        if char in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[char])
+            continue
+        category = unicodedata.category(char)
+        if category[0] == "C" or category in ("Zl", "Zp") or (category == "Zs" and char != " "):
+            code = ord(char)
+            if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte (surrogateescape)
+                code -= 0xDC00
+            out.append(f"\\x{code:02x}" if code < 0x100 else
+                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(char)
+    result = "".join(out)
+    if len(result) > limit:
+        result = f"{result[:limit]}... ({len(result) - limit} more characters)"
     return result
 
 
@@ -128,3 +164,46 @@ def fold(name: str, value: str, width: int = 78) -> str:
             line += piece
     lines.append(line)
     return "\n".join(lines)
+
+
+def strip_comments(text: str) -> str:
+    """Remove RFC 5322 comments (section 3.2.2: nested, with quoted-pairs) outside quoted-strings."""
+    out: list[str] = []
+    depth = 0
+    in_quote = False
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and (depth or in_quote):
+            if not depth:
+                out.append(text[index:index + 2])
+            index += 2
+            continue
+        if in_quote:
+            out.append(char)
+            if char == '"':
+                in_quote = False
+        elif char == "(":
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif depth:
+            pass
+        else:
+            out.append(char)
+            if char == '"':
+                in_quote = True
+        index += 1
+    return "".join(out)
+
+
+def unquote(token: str) -> str:
+    """The content of an RFC 5322 quoted-string (section 3.2.4), quoted-pairs undone; other tokens as they are."""
+    if len(token) >= 2 and token[0] == token[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", token[1:-1])
+    return token
+
+
+def same_host(a: str, b: str) -> bool:
+    """Whether two host names are the same: case and a trailing root dot do not matter (RFC 4343)."""
+    return a.strip().rstrip(".").lower() == b.strip().rstrip(".").lower()

@@ -14,6 +14,7 @@ import pytest
 
 from spfmilter import explain
 from spfmilter.checkcmd import run_check
+from spfmilter.cli import add_explain_parser
 from spfmilter.config import parse_text
 from spfmilter.dns import DnsClient, make_resolver
 from spfmilter.verify import Verifier, parse_envelope_address
@@ -74,7 +75,7 @@ def make_config(world):
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="spfmilter")
-    explain.add_parser(top.add_subparsers(dest="command", metavar="COMMAND"))
+    add_explain_parser(top.add_subparsers(dest="command", metavar="COMMAND"))
     return top
 
 

@@ -16,9 +16,14 @@ from spfmilter.text import (
     is_dot_atom,
     log_address,
     log_value,
+    printable,
     quoted_string,
     reply_text,
+    same_host,
+    strip_comments,
+    unquote,
 )
+from tests.support.terminal import safe_lines
 
 SURROGATES = b"caf\xc3\xa9-\xff\xfe".decode("utf-8", "surrogateescape")  # "café-" + two lone surrogates
 
@@ -266,3 +271,69 @@ def test_a_long_sender_keeps_the_domain_that_was_checked():
 ])
 def test_log_value_quotes_anything_that_could_add_a_field(value, logged):
     assert log_value(value) == logged
+
+
+# --------------------------------------------------------------------------- printable()
+
+@pytest.mark.parametrize("raw,shown", [
+    ("plain text", "plain text"),
+    ("a\r\nInjected: yes", "a\\r\\nInjected: yes"),
+    ("tab\there", "tab\\there"),
+    ("\x1b[31mred", "\\x1b[31mred"),
+    ("nul\x00del\x7f", "nul\\x00del\\x7f"),
+    ("c1\x85", "c1\\x85"),
+    ("line\u2028sep\u2029", "line\\u2028sep\\u2029"),
+    ("bidi\u202eevil", "bidi\\u202eevil"),
+    ("nbsp\xa0", "nbsp\\xa0"),
+    ("back\\slash", "back\\\\slash"),
+    ("caf\u00e9", "caf\u00e9"),
+    (b"bytes\xff\n", "bytes\\xff\\n"),
+    ("bad\udcff", "bad\\xff"),
+    (None, ""),
+])
+def test_printable(raw, shown):
+    assert printable(raw) == shown
+    safe_lines(printable(raw))
+
+
+def test_printable_caps_length():
+    assert printable("x" * 30, limit=10) == "x" * 10 + "... (20 more characters)"
+
+
+# --------------------------------------------------------------------------- reading header values
+
+@pytest.mark.parametrize("raw, expected", [
+    ("a (comment) b", "a  b"),
+    ("a (outer (nested) still) b", "a  b"),
+    ("a (with \\) quoted-pair) b", "a  b"),
+    ('a "(not a comment)" b', 'a "(not a comment)" b'),
+    ('a "quoted \\" pair" (c) b', 'a "quoted \\" pair"  b'),
+    ("a ) stray b", "a ) stray b"),
+    ("a (unterminated", "a "),
+    ("", ""),
+])
+def test_strip_comments(raw, expected):
+    assert strip_comments(raw) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ('"mx.example.com"', "mx.example.com"),
+    ('"a\\"b\\\\c"', 'a"b\\c'),
+    ('""', ""),
+    ('"', '"'),
+    ("plain", "plain"),
+    ('"open', '"open'),
+])
+def test_unquote(raw, expected):
+    assert unquote(raw) == expected
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("mx.example.com", "MX.Example.COM.", True),
+    (" mx.example.com ", "mx.example.com", True),
+    ("mx.example.com", "mx.example.com.evil", False),
+    ("xmx.example.com", "mx.example.com", False),
+    ("", ".", True),
+])
+def test_same_host(a, b, same):
+    assert same_host(a, b) is same
