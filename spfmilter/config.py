@@ -317,13 +317,13 @@ def parse_cache_size(text: str) -> int:
 def parse_dns_servers(text: str) -> tuple[DnsServer, ...]:
     servers = []
     for item in _split_list(text):
-        host, port = item, 53
+        host, port_text = item, "53"
         match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", item)
         if match:
-            host, port = match.group(1), int(match.group(2) or 53)
+            host, port_text = match.group(1), match.group(2) or "53"
         elif item.count(":") == 1:
             host, port_text = item.split(":")
-            port = whole_number(port_text, 0, math.inf, f"bad DNS server {item!r}")
+        port = whole_number(port_text, 0, math.inf, f"bad DNS server {item!r}")
         try:
             ipaddress.ip_address(host)
         except ValueError:
@@ -405,7 +405,7 @@ def parse_listen(text: str) -> str:
     value = text.strip()
     if not value:
         return ""
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):(\d{1,5})", value)
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):([0-9]{1,5})", value)
     if not match or not 0 < int(match.group(2)) < 65536:
         raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9899 or [::1]:9899")
     host = match.group(1).strip("[]")

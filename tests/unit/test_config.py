@@ -314,6 +314,7 @@ BAD_VALUES = [
     ("metrics_listen", "9899", "expected HOST:PORT"),
     ("metrics_listen", "example.com:9899", "expected HOST:PORT"),
     ("metrics_listen", "999.1.1.1:80", "bad address"),
+    ("metrics_listen", "127.0.0.1:\u0669\u0668\u0669\u0669", "expected HOST:PORT"),  # digits, but not ASCII ones
 ]
 
 
@@ -562,6 +563,8 @@ def test_dns_servers(raw, expected):
     ("[::1]:0", "bad port in DNS server '[::1]:0'"),
     ("[::1]:70000", "bad port in DNS server '[::1]:70000'"),
     ("[::1]:", "bad DNS server '[::1]:'"),
+    ("[::1]:\u0665\u0663", "bad DNS server '[::1]:\u0665\u0663'"),  # a port in ASCII digits, as for 192.0.2.1:53
+    ("[::1]:x", "bad DNS server '[::1]:x'"),
     ("2001:db8::1:53:", "bad DNS server '2001:db8::1:53:'"),
     ("300.1.1.1", "bad DNS server '300.1.1.1'"),
     ("192.0.2.1, nope", "bad DNS server 'nope'"),
