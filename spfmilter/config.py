@@ -11,13 +11,15 @@ import dataclasses
 import difflib
 import enum
 import ipaddress
+import math
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 DEFAULT_CONFIG_PATH = "/etc/spfmilter/spfmilter.conf"
 DEFAULT_SOCKET = "inet:8890@127.0.0.1"
+BUILT_IN = "<built-in defaults>"  # the source of a Config made without a file
 
 
 class ConfigError(Exception):
@@ -87,47 +89,52 @@ class DnsServer:
     port: int = 53
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True)
 class Config:
-    socket: SocketSpec = SocketSpec("inet", "127.0.0.1", 8890)
-    mode: Mode = Mode.HEADER_ONLY
-    header_type: HeaderType = HeaderType.AUTHENTICATION_RESULTS
-    authserv_id: str = ""
-    trusted_networks: tuple = ()
-    trust_authenticated: bool = True
-    helo_reject_results: frozenset = frozenset({"fail"})
-    mailfrom_reject_results: frozenset = frozenset({"fail"})
-    temperror_action: TempErrorAction = TempErrorAction.DEFER
-    exempt_recipients: tuple = ("postmaster", "abuse")
-    dns_timeout: float = 10.0
-    dns_servers: tuple = ()
-    dns_cache_size: int = 10000
-    on_error: ErrorAction = ErrorAction.TEMPFAIL
-    workers: int = 1
-    user: str = ""
-    group: str = ""
-    socket_mode: int = 0o660
-    socket_group: str = ""
-    pid_file: str = ""
-    log_destination: LogDestination = LogDestination.STDERR
-    log_level: str = "info"
-    syslog_facility: str = "mail"
-    srs_domain: str = ""
-    srs_secrets_file: str = "/etc/spfmilter/srs-secrets"
-    srs_hash_length: int = 4
-    srs_hash_min_length: int = 4
-    srs_max_age: int = 21
-    srs_separator: str = "="
-    local_domains: frozenset = frozenset()
-    srs_forward_table: str = ""
-    srs_exclude_domains: frozenset = frozenset()
-    srs_rewrite_trusted: bool = False
-    enforce_domains: frozenset = frozenset()
-    header_only_domains: frozenset = frozenset()
-    header_only_senders: frozenset = frozenset()
-    spf_fail_hold: FailHold = FailHold.NONE
-    metrics_listen: str = ""
-    source: str = field(default="<built-in defaults>", compare=False)
+    """The effective settings, one field per key; made by :func:`build`, so every default is in :data:`KEYS`."""
+
+    socket: SocketSpec
+    mode: Mode
+    header_type: HeaderType
+    authserv_id: str
+    trusted_networks: tuple[Network, ...]
+    trust_authenticated: bool
+    helo_reject_results: frozenset[str]
+    mailfrom_reject_results: frozenset[str]
+    temperror_action: TempErrorAction
+    exempt_recipients: tuple[str, ...]
+    dns_timeout: float
+    dns_servers: tuple[DnsServer, ...]
+    dns_cache_size: int
+    on_error: ErrorAction
+    workers: int
+    user: str
+    group: str
+    socket_mode: int
+    socket_group: str
+    pid_file: str
+    log_destination: LogDestination
+    log_level: str
+    syslog_facility: str
+    srs_domain: str
+    srs_secrets_file: str
+    srs_hash_length: int
+    srs_hash_min_length: int
+    srs_max_age: int
+    srs_separator: str
+    local_domains: frozenset[str]
+    srs_forward_table: str
+    srs_exclude_domains: frozenset[str]
+    srs_rewrite_trusted: bool
+    enforce_domains: frozenset[str]
+    header_only_domains: frozenset[str]
+    header_only_senders: frozenset[str]
+    spf_fail_hold: FailHold
+    metrics_listen: str
+    source: str = field(default=BUILT_IN, compare=False)
 
     @property
     def enforce(self) -> bool:
@@ -143,7 +150,7 @@ class Config:
         """The host name we put in ``receiver=`` (RFC 7208 section 9.1)."""
         return self.authserv_id
 
-    def reject_results(self, identity: str) -> frozenset:
+    def reject_results(self, identity: str) -> frozenset[str]:
         return self.helo_reject_results if identity == "helo" else self.mailfrom_reject_results
 
 
@@ -152,7 +159,7 @@ class Config:
 # with a message that tells the admin what is expected.
 
 def _enum_parser(kind: type[enum.Enum]) -> Callable[[str], enum.Enum]:
-    def parse(text: str):
+    def parse(text: str) -> enum.Enum:
         try:
             return kind(text.strip().lower())
         except ValueError:
@@ -160,6 +167,13 @@ def _enum_parser(kind: type[enum.Enum]) -> Callable[[str], enum.Enum]:
             raise ValueError(f"expected one of: {allowed}") from None
 
     return parse
+
+
+def whole_number(text: str, low: int, high: float, problem: str) -> int:
+    """``text`` as a number from low to high in ASCII digits (isdigit() alone takes any script's), else ValueError."""
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise ValueError(problem)
+    return int(text)
 
 
 def _split_list(text: str) -> list[str]:
@@ -190,8 +204,7 @@ def parse_socket(text: str) -> SocketSpec:
     port_text, at, host = rest.partition("@")
     if not at or not host:
         raise ValueError(f"expected {kind}:PORT@HOST, e.g. {kind}:8890@{'::1' if kind == 'inet6' else '127.0.0.1'}")
-    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
-        raise ValueError(f"bad port {port_text!r}: expected a number from 1 to 65535")
+    port = whole_number(port_text, 1, 65535, f"bad port {port_text!r}: expected a number from 1 to 65535")
     host = host.strip("[]")
     if kind == "inet6":
         try:
@@ -200,7 +213,7 @@ def parse_socket(text: str) -> SocketSpec:
             raise ValueError(f"inet6 needs an IPv6 address, got {host!r}") from None
     elif not _is_ipv4(host) and not is_hostname(host):
         raise ValueError(f"bad host {host!r}")
-    return SocketSpec(kind, host, int(port_text))
+    return SocketSpec(kind, host, port)
 
 
 def _is_ipv4(text: str) -> bool:
@@ -223,8 +236,8 @@ def is_hostname(text: str) -> bool:
     return all(_LABEL.match(label) for label in text.split("."))
 
 
-def parse_networks(text: str) -> tuple:
-    networks = []
+def parse_networks(text: str) -> tuple[Network, ...]:
+    networks: list[Network] = []
     for item in _split_list(text):
         if item.lower() == "loopback":
             networks += [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
@@ -240,7 +253,7 @@ def parse_networks(text: str) -> tuple:
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")  # IPv4-mapped IPv6 addresses (RFC 4291 section 2.5.5.2)
 
 
-def unmap_network(item: str, network):
+def unmap_network(item: str, network: Network) -> Network:
     """An IPv4-mapped network as the IPv4 network it stands for: ``::ffff:10.0.0.0/104`` is 10.0.0.0/8.
 
     The milter turns an IPv4-mapped client address into plain IPv4 (verify.normalise_ip, as
@@ -260,7 +273,7 @@ def unmap_network(item: str, network):
     return ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
 
 
-def parse_results(text: str) -> frozenset:
+def parse_results(text: str) -> frozenset[str]:
     results = set()
     for item in _split_list(text.lower()):
         if item not in REJECTABLE_RESULTS:
@@ -279,7 +292,7 @@ def parse_authserv_id(text: str) -> str:
     return value
 
 
-def parse_recipients(text: str) -> tuple:
+def parse_recipients(text: str) -> tuple[str, ...]:
     items = tuple(item.lower() for item in _split_list(text))
     for item in items:
         if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+", item):
@@ -298,24 +311,19 @@ def parse_timeout(text: str) -> float:
 
 
 def parse_cache_size(text: str) -> int:
-    text = text.strip()
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError("expected a whole number of entries (0 turns the cache off)")
-    return int(text)
+    return whole_number(text.strip(), 0, math.inf, "expected a whole number of entries (0 turns the cache off)")
 
 
-def parse_dns_servers(text: str) -> tuple:
+def parse_dns_servers(text: str) -> tuple[DnsServer, ...]:
     servers = []
     for item in _split_list(text):
-        host, port = item, 53
+        host, port_text = item, "53"
         match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", item)
         if match:
-            host, port = match.group(1), int(match.group(2) or 53)
+            host, port_text = match.group(1), match.group(2) or "53"
         elif item.count(":") == 1:
             host, port_text = item.split(":")
-            if not (port_text.isascii() and port_text.isdigit()):
-                raise ValueError(f"bad DNS server {item!r}")
-            port = int(port_text)
+        port = whole_number(port_text, 0, math.inf, f"bad DNS server {item!r}")
         try:
             ipaddress.ip_address(host)
         except ValueError:
@@ -329,11 +337,7 @@ def parse_dns_servers(text: str) -> tuple:
 def parse_workers(text: str) -> int:
     """``auto`` (stored as 0) or a number of worker processes from 1 to 64."""
     value = text.strip().lower()
-    if value == "auto":
-        return 0
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 64:
-        raise ValueError("expected auto or a number from 1 to 64")
-    return int(value)
+    return 0 if value == "auto" else whole_number(value, 1, 64, "expected auto or a number from 1 to 64")
 
 
 def parse_account(text: str) -> str:
@@ -382,7 +386,7 @@ def parse_optional_hostname(text: str) -> str:
     return value
 
 
-def parse_domains(text: str) -> frozenset:
+def parse_domains(text: str) -> frozenset[str]:
     domains = set()
     for item in _split_list(text.lower()):
         item = item.rstrip(".")
@@ -393,13 +397,7 @@ def parse_domains(text: str) -> frozenset:
 
 
 def _int_parser(low: int, high: int, unit: str = "") -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = text.strip()
-        if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
-            raise ValueError(f"expected a whole number from {low} to {high}{unit}")
-        return int(value)
-
-    return parse
+    return lambda text: whole_number(text.strip(), low, high, f"expected a whole number from {low} to {high}{unit}")
 
 
 def parse_listen(text: str) -> str:
@@ -407,7 +405,7 @@ def parse_listen(text: str) -> str:
     value = text.strip()
     if not value:
         return ""
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):(\d{1,5})", value)
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):([0-9]{1,5})", value)
     if not match or not 0 < int(match.group(2)) < 65536:
         raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9899 or [::1]:9899")
     host = match.group(1).strip("[]")
@@ -431,9 +429,10 @@ def parse_separator(text: str) -> str:
 @dataclass(frozen=True)
 class Key:
     name: str
-    parse: Callable[[str], object]
-    default: str  # as written in a config file; "" means the documented dynamic default
+    parse: Callable[[str], Any]
+    default: str  # as written in a config file
     help: str
+    shown: str = ""  # how the docs show a default "" that means more than empty ("host name")
 
 
 KEYS: tuple[Key, ...] = (
@@ -446,7 +445,7 @@ KEYS: tuple[Key, ...] = (
         "Which headers to add: `authentication-results`, `received-spf`, `both` or `none`."),
     Key("authserv_id", parse_authserv_id, "",
         "authserv-id of our Authentication-Results headers and the `receiver=` of Received-SPF. "
-        "Default: this machine's host name."),
+        "Default: this machine's host name.", shown="host name"),
     Key("trusted_networks", parse_networks, "loopback",
         "Clients in these networks are not checked (CIDR list, IPv4 and IPv6; `loopback` = 127.0.0.0/8, ::1). "
         "IPv4-mapped IPv6 networks count as the IPv4 network they stand for (`::ffff:10.0.0.0/104` = 10.0.0.0/8; "
@@ -465,7 +464,8 @@ KEYS: tuple[Key, ...] = (
     Key("dns_timeout", parse_timeout, "10",
         "Time budget in seconds for all DNS lookups of one transaction (HELO and MAIL FROM together)."),
     Key("dns_servers", parse_dns_servers, "",
-        "DNS servers to ask (IP, IP:PORT or [IPv6]:PORT, comma-separated). Default: /etc/resolv.conf."),
+        "DNS servers to ask (IP, IP:PORT or [IPv6]:PORT, comma-separated). Default: /etc/resolv.conf.",
+        shown="/etc/resolv.conf"),
     Key("dns_cache_size", parse_cache_size, "10000",
         "Number of DNS answers kept in the in-process cache (TTL honoured). 0 turns the cache off."),
     Key("on_error", _enum_parser(ErrorAction), "tempfail",
@@ -583,20 +583,12 @@ def cross_check(config: Config) -> list[str]:
     return problems
 
 
-def build(values: dict[str, object], source: str = "<built-in defaults>", *,
-          authserv_id_default: str | None = None) -> Config:
-    """Make a Config from parsed values, filling in every default."""
-    full = {}
-    for key in KEYS:
-        if key.name in values:
-            full[key.name] = values[key.name]
-        elif key.name == "authserv_id":
-            full[key.name] = authserv_id_default or default_authserv_id()
-        elif key.name == "dns_servers":
-            full[key.name] = ()
-        else:
-            full[key.name] = key.parse(key.default)
-    return Config(source=source, **full)
+def build(values: dict[str, Any], source: str = BUILT_IN, *, authserv_id_default: str | None = None) -> Config:
+    """Make a Config from parsed values; every other key gets its default from KEYS."""
+    full = {key.name: key.parse(key.default) for key in KEYS if key.name not in values and key.name != "authserv_id"}
+    if "authserv_id" not in values:  # the one default computed at start-up
+        full["authserv_id"] = authserv_id_default or default_authserv_id()
+    return Config(source=source, **full, **values)
 
 
 def load(path: str) -> Config:
@@ -644,7 +636,7 @@ def format_value(value: object, name: str = "") -> str:
     return str(value)
 
 
-def replace(config: Config, **changes) -> Config:
+def replace(config: Config, **changes: Any) -> Config:
     return dataclasses.replace(config, **changes)
 
 

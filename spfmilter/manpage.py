@@ -14,12 +14,9 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, KEYS
+from .config import DEFAULT_CONFIG_PATH, KEYS, Key
 
 SOURCE = f"spfmilter {__version__}"
-
-# Keys whose default ("" in KEYS) is computed at start-up.
-DYNAMIC_DEFAULTS = {"authserv_id": "(host name)", "dns_servers": "(/etc/resolv.conf)"}
 
 
 # --------------------------------------------------------------------------- roff escaping
@@ -84,10 +81,8 @@ def _header(title: str, section: int, manual: str) -> list[str]:
 
 # --------------------------------------------------------------------------- spfmilter.conf(5)
 
-def _default_text(key) -> str:
-    if key.default:
-        return bold(key.default)
-    return escape(DYNAMIC_DEFAULTS.get(key.name, "(empty)"))
+def _default_text(key: Key) -> str:
+    return bold(key.default) if key.default else escape(f"({key.shown or 'empty'})")
 
 
 def _sample() -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 
 import pytest
 
@@ -18,9 +19,11 @@ from spfmilter.config import (
     Mode,
     SocketSpec,
     TempErrorAction,
+    defaults,
     describe,
     load,
     parse_text,
+    whole_number,
 )
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -86,6 +89,31 @@ EXPECTED_DEFAULTS = {
 
 def test_every_key_has_an_expected_default():
     assert {key.name for key in KEYS} == set(EXPECTED_DEFAULTS)
+
+
+def test_config_has_one_field_per_key_and_no_defaults_of_its_own():
+    # KEYS is the one source of defaults: a second copy on the dataclass could drift from it
+    fields = dataclasses.fields(Config)
+    assert [f.name for f in fields] == [key.name for key in KEYS] + ["source"]
+    assert [f.name for f in fields if f.default is not dataclasses.MISSING] == ["source"]
+    assert defaults().source == "<built-in defaults>"
+
+
+@pytest.mark.parametrize("text, low, high, expected", [
+    ("0", 0, 1, 0), ("1", 0, 1, 1), ("007", 1, 64, 7), ("65535", 1, 65535, 65535), ("10000", 0, math.inf, 10000),
+])
+def test_whole_number(text, low, high, expected):
+    assert whole_number(text, low, high, "no") == expected
+
+
+@pytest.mark.parametrize("text, low, high", [
+    ("", 0, 9), (" 1", 0, 9), ("1 ", 0, 9), ("-1", 0, 9), ("+1", 0, 9), ("1.0", 0, 9), ("1e3", 0, math.inf),
+    ("0x10", 0, 99), ("1_000", 0, math.inf), ("\u0663", 0, 9), ("\u00b2", 0, 9), ("\uff11", 0, 9),  # ٣ ² １
+    ("0", 1, 65535), ("65536", 1, 65535),
+])
+def test_whole_number_refuses(text, low, high):
+    with pytest.raises(ValueError, match="^the problem$"):
+        whole_number(text, low, high, "the problem")
 
 
 @pytest.mark.parametrize("text", [
@@ -286,6 +314,7 @@ BAD_VALUES = [
     ("metrics_listen", "9899", "expected HOST:PORT"),
     ("metrics_listen", "example.com:9899", "expected HOST:PORT"),
     ("metrics_listen", "999.1.1.1:80", "bad address"),
+    ("metrics_listen", "127.0.0.1:\u0669\u0668\u0669\u0669", "expected HOST:PORT"),  # digits, but not ASCII ones
 ]
 
 
@@ -534,6 +563,8 @@ def test_dns_servers(raw, expected):
     ("[::1]:0", "bad port in DNS server '[::1]:0'"),
     ("[::1]:70000", "bad port in DNS server '[::1]:70000'"),
     ("[::1]:", "bad DNS server '[::1]:'"),
+    ("[::1]:\u0665\u0663", "bad DNS server '[::1]:\u0665\u0663'"),  # a port in ASCII digits, as for 192.0.2.1:53
+    ("[::1]:x", "bad DNS server '[::1]:x'"),
     ("2001:db8::1:53:", "bad DNS server '2001:db8::1:53:'"),
     ("300.1.1.1", "bad DNS server '300.1.1.1'"),
     ("192.0.2.1, nope", "bad DNS server 'nope'"),
