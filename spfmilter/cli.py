@@ -134,11 +134,23 @@ def add_explain_parser(subparsers) -> None:
     parser.set_defaults(default_recipient=DEFAULT_RECIPIENT)
 
 
+def _srs_policy(config: Config) -> tuple:
+    """(the configuration's SRS policy or None, 0); (None, 2) once the problem with its secrets
+    file or forward table is printed."""
+    from .srs import SecretsError
+    from .srspolicy import build_srs_policy
+
+    try:
+        return build_srs_policy(config), 0
+    except (SecretsError, OSError) as exc:
+        print(f"spfmilter: {exc}", file=sys.stderr)
+        return None, 2
+
+
 def srs_command(args, config: Optional[Config]) -> int:
     import time
 
     from .srs import SecretsError, SrsError, forward, reverse, split_address, write_secrets_file
-    from .srspolicy import build_srs_policy
 
     if args.srs_command == "genkey":
         try:
@@ -151,11 +163,9 @@ def srs_command(args, config: Optional[Config]) -> int:
     if not config.srs:
         print(f"spfmilter: srs_domain is not set in {config.source}", file=sys.stderr)
         return 2
-    try:
-        policy = build_srs_policy(config)
-    except (SecretsError, OSError) as exc:
-        print(f"spfmilter: {exc}", file=sys.stderr)
-        return 2
+    policy, status = _srs_policy(config)
+    if status:
+        return status
     try:
         if args.srs_command == "forward":
             split_address(args.address)
@@ -186,14 +196,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "srs":
         return srs_command(args, config)
     if args.check_config:
-        from .srs import SecretsError
-        from .srspolicy import build_srs_policy
-
-        try:
-            policy = build_srs_policy(config)
-        except (SecretsError, OSError) as exc:
-            print(f"spfmilter: {exc}", file=sys.stderr)
-            return 2
+        policy, status = _srs_policy(config)
+        if status:
+            return status
         print(f"# {config.source}: configuration OK")
         if policy is not None:
             print(f"# SRS: {len(policy.keys.secrets)} secret(s), {len(policy.forwarded)} forwarded "

@@ -29,13 +29,14 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import dns.exception
 import dns.message
 import dns.name
 import dns.rdatatype
 import dns.resolver
+import dns.rrset
 
 SUPPORTED_TYPES = ("A", "AAAA", "MX", "PTR", "TXT")
 MAX_CACHE_TTL = 86400
@@ -63,6 +64,14 @@ class Answer:
     failure: str = ""  # a cached server failure (SERVFAIL/REFUSED): raise it again
 
 
+class Lookup(Protocol):
+    """The DNS seam SPF evaluation is typed against (verify.Verifier, explain, the DKIM key
+    lookups): :class:`DnsClient` in the milter, a dict of answers in pure unit tests."""
+
+    def lookup(self, name: str, qtype: str, deadline: float) -> Answer:
+        """The answer for ``name``/``qtype``; DnsTempError when it cannot be had by ``deadline``."""
+
+
 class _Flight:
     """A lookup in progress; other threads wait on ``done`` for its outcome.
 
@@ -72,7 +81,7 @@ class _Flight:
 
     __slots__ = ("done", "answer", "error")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.done = threading.Event()
         self.answer: Optional[Answer] = None
         self.error: Optional[str] = None
@@ -84,12 +93,12 @@ class TtlCache:
     def __init__(self, size: int, clock: Callable[[], float] = time.monotonic):
         self._size = size
         self._clock = clock
-        self._data: collections.OrderedDict = collections.OrderedDict()
+        self._data: collections.OrderedDict[tuple[str, str], tuple[float, Answer]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key):
+    def get(self, key: tuple[str, str]) -> Optional[Answer]:
         with self._lock:
             entry = self._data.get(key)
             if entry is None:
@@ -104,7 +113,7 @@ class TtlCache:
             self.hits += 1
             return value
 
-    def put(self, key, value, ttl: float) -> None:
+    def put(self, key: tuple[str, str], value: Answer, ttl: float) -> None:
         if self._size <= 0 or ttl <= 0:
             return
         with self._lock:
@@ -167,11 +176,10 @@ class DnsClient:
             # looked up wait for that answer instead of sending the same query again.
             with self._lock:
                 flight = self._flights.get(key)
-                leader = flight is None
-                if leader:
-                    flight = self._flights[key] = _Flight()
-            if leader:
-                return self._lead(flight, key, qtype, deadline)
+                if flight is None:
+                    own = self._flights[key] = _Flight()
+            if flight is None:
+                return self._lead(own, key, qtype, deadline)
             if not flight.done.wait(max(0.0, deadline - self._clock())):
                 raise DnsTimeout(f"DNS timeout looking up {key[0]}/{qtype}")
             if flight.answer is not None:
@@ -237,7 +245,7 @@ class DnsClient:
         self.cache.put(key, result, min(ttl, MAX_CACHE_TTL))
         return result
 
-    def _resolve(self, qname: str, qtype: str, deadline: float):
+    def _resolve(self, qname: str, qtype: str, deadline: float) -> dns.resolver.Answer:
         """``resolver.resolve()`` one retry round at a time, so the deadline holds.
 
         Between rounds dnspython sleeps a back-off that doubles from 0.1 s to 2 s
@@ -259,7 +267,7 @@ class DnsClient:
         raise dns.resolver.LifetimeTimeout(timeout=0.0, errors=[])
 
 
-def _convert(qtype: str, rrset) -> list:
+def _convert(qtype: str, rrset: dns.rrset.RRset) -> list:
     out = []
     for rdata in rrset:
         if qtype in ("A", "AAAA"):
@@ -285,7 +293,7 @@ def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> float:
     return 0.0
 
 
-def _has_soa(response) -> bool:
+def _has_soa(response: Optional[dns.message.Message]) -> bool:
     return response is not None and any(rrset.rdtype == dns.rdatatype.SOA for rrset in response.authority)
 
 

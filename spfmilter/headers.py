@@ -78,7 +78,7 @@ def authentication_results(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts,
     e.g. that enforcement would have refused the message.  ``dkim``: DkimResult values
     checked for a held SPF fail, reported as dkim results.
     """
-    def why(outcome):
+    def why(outcome: SpfOutcome) -> Optional[str]:
         return _ascii(note[1]).replace("\\", "").replace("\"", "") if note and note[0] is outcome.identity else None
 
     results = [
@@ -97,7 +97,7 @@ def authentication_results(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts,
             result=item.result, result_comment=comment_text(_ascii(comment[:160])),
             header_d=_pvalue(item.domain) or "unknown", header_s=_pvalue(item.selector) or None))
     header = authres.AuthenticationResultsHeader(authserv_id=config.authserv_id, results=results)
-    return header.header_value()
+    return str(header.header_value())
 
 
 def _kv(key: str, value: str) -> str:
@@ -168,31 +168,12 @@ def _lenient_readings(text: str) -> list[str]:
     """
     text = re.sub(r"[\r\n]", "", text)
     stripped = strip_comments(text)
-    if stripped.count("(") != stripped.count(")") or _open_comment(text):
+    unclosed = not strip_comments(text + ")").endswith(")")  # that ")" closed a comment left open
+    if unclosed or stripped.count("(") != stripped.count(")"):
         stripped = text.replace("(", " ").replace(")", " ")
     plain = re.sub(r"\\(.)", r"\1", stripped).replace("\\", "").replace('"', "")
     head = plain.split(";", 1)[0].lower()
     return [re.sub(r"\s+", "", head), *head.split()]
-
-
-def _open_comment(text: str) -> bool:
-    """Whether a comment is still open at the end of ``text`` (then it cannot be parsed)."""
-    depth = 0
-    in_quote = False
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "\\":
-            index += 2
-            continue
-        if char == '"' and not depth:
-            in_quote = not in_quote
-        elif char == "(" and not in_quote:
-            depth += 1
-        elif char == ")" and not in_quote and depth:
-            depth -= 1
-        index += 1
-    return depth > 0
 
 
 def _claims(text: str, host: str) -> bool:
@@ -244,7 +225,7 @@ def log_line(outcome: SpfOutcome, facts: Facts, config: Config, action: Action,
              reply: Optional[Reply] = None) -> str:
     """One line per verified identity, in the shape policyd-spf users grep for."""
     parts = [
-        outcome.result.title,
+        outcome.result.logged,
         f"identity={outcome.identity.value}",
         f"client-ip={log_value(facts.client_ip or 'unknown')}",
         f"helo={log_value(facts.helo or '')}",

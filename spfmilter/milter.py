@@ -359,17 +359,16 @@ class SpfMilter(Milter.Base):
         return self._refuse(reply)
 
     def abort(self):
-        try:
-            self._end_transaction(Action.ABORTED)
-        except Exception:
-            log.exception("internal error in abort callback (%s)", self._ident())
-        return Milter.CONTINUE
+        return self._abandon("abort")
 
     def close(self):
+        return self._abandon("close")
+
+    def _abandon(self, stage: str) -> int:
         try:
             self._end_transaction(Action.ABORTED)
         except Exception:
-            log.exception("internal error in close callback (%s)", self._ident())
+            log.exception("internal error in %s callback (%s)", stage, self._ident())
         return Milter.CONTINUE
 
     # ------------------------------------------------------------------ helpers

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .config import Config, FailHold, TempErrorAction
 from .text import reply_text
@@ -86,7 +86,7 @@ class Decision:
 ACCEPT = Decision(Action.ACCEPT)
 
 
-def trusted_network(facts: Facts, config: Config):
+def trusted_network(facts: Facts, config: Config) -> Optional[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """The ``trusted_networks`` entry the client is in, or None."""
     try:
         address = ipaddress.ip_address(facts.client_ip) if facts.client_ip else None
@@ -185,17 +185,18 @@ class Evaluation:
 
     facts: Facts
     skip_reason: Optional[str] = None  # set when the client is trusted and nothing was checked
-    outcomes: Optional[tuple] = None  # (helo, mailfrom) SpfOutcomes
+    outcomes: Optional[tuple[SpfOutcome, SpfOutcome]] = None  # (helo, mailfrom)
     decision: Decision = ACCEPT
 
 
-def evaluate(facts: Facts, config: Config, verify) -> Evaluation:
+def evaluate(facts: Facts, config: Config,
+             verify: Callable[[Optional[str], str, str], tuple[SpfOutcome, SpfOutcome]]) -> Evaluation:
     """Trust check, then SPF for both identities (``verify(ip, helo, sender)``), then decide."""
     why = trust_reason(facts, config)
     if why is not None:
         return Evaluation(facts, skip_reason=why)
-    outcomes = verify(facts.client_ip, facts.helo, facts.sender)
-    return Evaluation(facts, outcomes=outcomes, decision=decide(*outcomes, facts, config))
+    helo, mailfrom = verify(facts.client_ip, facts.helo, facts.sender)
+    return Evaluation(facts, outcomes=(helo, mailfrom), decision=decide(helo, mailfrom, facts, config))
 
 
 def deciding_domain(evaluation: Evaluation) -> str:
@@ -353,7 +354,7 @@ def held_for_dkim(evaluation: Evaluation, config: Config) -> bool:
     is the HELO name (RFC 7208 section 2.4).
     """
     decision = evaluation.decision
-    if config.spf_fail_hold is not FailHold.DKIM or decision.action is not Action.REJECT:
+    if config.spf_fail_hold is not FailHold.DKIM or decision.action is not Action.REJECT or not evaluation.outcomes:
         return False
     outcome = next(o for o in evaluation.outcomes if o.identity is decision.identity)
     if outcome.identity is Identity.HELO and evaluation.facts.sender:

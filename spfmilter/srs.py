@@ -25,6 +25,7 @@ import re
 import secrets as _random
 import stat
 from dataclasses import dataclass
+from typing import Iterable
 
 BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 DAY = 86400
@@ -61,7 +62,7 @@ class SrsKeys:
     max_age_days: int = 21
     separator: str = "="
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.secrets:
             raise ValueError("at least one SRS secret is needed")
         if not 1 <= self.hash_min_length <= self.hash_length <= MAX_HASH_LENGTH:
@@ -96,7 +97,7 @@ def timestamp_age(stamp: str, now: float) -> int:
     return (int(now // DAY) - then) % TIMESTAMP_SLOTS
 
 
-def _digest(secret: bytes, fields) -> str:
+def _digest(secret: bytes, fields: Iterable[str]) -> str:
     mac = hmac.new(secret, b"".join(f.lower().encode("utf-8", "surrogateescape") for f in fields), hashlib.sha1)
     return base64.b64encode(mac.digest()).decode("ascii")
 

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from .config import Config
 from .policy import SEPARATE_TRANSACTION, Reply
 from .srs import SrsError, SrsKeys, reverse, srs_tag
 
@@ -170,7 +171,7 @@ def load_forward_table(path: str, local_domains: frozenset, srs_domain: str = ""
         return parse_forward_table(handle.read(), local_domains, srs_domain)
 
 
-def build_srs_policy(config) -> Optional[SrsPolicy]:
+def build_srs_policy(config: Config) -> Optional[SrsPolicy]:
     """The SRS policy of ``config`` (None when SRS is off).
 
     Raises SecretsError or OSError (naming the file) when the secrets file or the

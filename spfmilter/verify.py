@@ -2,7 +2,7 @@
 
 pyspf supplies the evaluation itself (mechanisms, macros, ``exp=``, the limits of
 section 4.6.4).  This module feeds it the right identities, routes every DNS
-lookup through our :class:`~spfmilter.dns.DnsClient` under one time budget per
+lookup through our :class:`~spfmilter.dns.Lookup` under one time budget per
 transaction, and turns its answers into :class:`SpfOutcome` values.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import spf
 
 from .config import is_hostname
-from .dns import DnsClient, DnsTempError
+from .dns import Lookup, DnsTempError
 
 log = logging.getLogger("spfmilter.verify")
 
@@ -34,7 +34,7 @@ class SpfResult(str, enum.Enum):
     TEMPERROR = "temperror"
 
     @property
-    def title(self) -> str:
+    def logged(self) -> str:
         """The capitalised form policyd-spf style logs use (``Pass``, ``PermError``)."""
         return {"softfail": "Softfail", "permerror": "PermError", "temperror": "TempError"}.get(
             self.value, self.value.capitalize())
@@ -65,15 +65,15 @@ class _Deadline:
 
 
 class _Query(spf.query):
-    """pyspf's query, with every DNS lookup sent through our DnsClient under a deadline."""
+    """pyspf's query, with every DNS lookup sent through our Lookup under a deadline."""
 
-    def __init__(self, ip: str, sender: str, helo: str, client: DnsClient, deadline: _Deadline,
+    def __init__(self, ip: str, sender: str, helo: str, client: Lookup, deadline: _Deadline,
                  receiver: str):
         super().__init__(ip, sender, helo, receiver=receiver, querytime=0)
         self._client = client
         self._deadline = deadline
 
-    def dns(self, name, qtype, cnames=None, ignore_void=False):  # noqa: D401 - pyspf's hook
+    def dns(self, name: str, qtype: str, cnames: Optional[dict] = None, ignore_void: bool = False) -> list:
         """Look ``name`` up; count void lookups as RFC 7208 section 4.6.4 asks."""
         name = str(name).rstrip(".")
         # pyspf treats names with empty or over-long labels as giving no data.
@@ -90,7 +90,7 @@ class _Query(spf.query):
                 raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
         return result
 
-    def validated_ptrs(self):
+    def validated_ptrs(self) -> list[str]:
         """The client's validated domain names, for ``ptr`` and ``%{p}`` (RFC 7208 section 5.5).
 
         pyspf lets any DNS error here end the whole check in temperror.  Section 5.5 says
@@ -162,7 +162,7 @@ def normalise_ip(text: str) -> str:
 class Verifier:
     """Evaluates SPF for one client; the HELO outcome is reused across transactions."""
 
-    def __init__(self, client: DnsClient, receiver: str, budget: float,
+    def __init__(self, client: Lookup, receiver: str, budget: float,
                  clock: Callable[[], float] = time.monotonic, query_factory: Optional[Callable] = None):
         """``query_factory(identity, *query_args)`` builds the pyspf query of each check
         (``spfmilter explain`` passes one that records every step); default :class:`_Query`."""
@@ -244,7 +244,7 @@ class Verifier:
                           explanation=domain_exp, problem=problem)
 
 
-def _mechanism_text(mechanism) -> str:
+def _mechanism_text(mechanism: object) -> str:
     """The matching term as text; RFC 7208 section 9.1 calls no match ``default``."""
     if not mechanism:
         return "default"

@@ -70,8 +70,8 @@ def summary_of(lines, **kw):
 def test_parse_generated_lines(prefix, helo_result, mailfrom_result):
     helo_line, mailfrom_line = transaction(helo_result, mailfrom_result)
     helo, mailfrom = parse_line(prefix(helo_line), TODAY), parse_line(prefix(mailfrom_line), TODAY)
-    assert (helo.identity, helo.result) == ("helo", helo_result.title)
-    assert (mailfrom.identity, mailfrom.result) == ("mailfrom", mailfrom_result.title)
+    assert (helo.identity, helo.result) == ("helo", helo_result.logged)
+    assert (mailfrom.identity, mailfrom.result) == ("mailfrom", mailfrom_result.logged)
     for record in (helo, mailfrom):
         assert record.error == ""
         assert (record.client_ip, record.helo, record.sender, record.queue_id) == (

@@ -585,7 +585,7 @@ def test_is_spf_domain(domain, expected):
 
 
 def test_result_titles():
-    assert [r.title for r in SpfResult] == [
+    assert [r.logged for r in SpfResult] == [
         "Pass", "Fail", "Softfail", "Neutral", "None", "PermError", "TempError"]
 
 
