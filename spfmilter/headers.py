@@ -13,7 +13,8 @@ from typing import Iterable, Optional, Sequence
 import authres
 
 from .config import Config, HeaderType, is_hostname
-from .policy import Action, Facts, Reply
+from .policy import Action, Facts
+from .replies import Reply
 from .text import (clean, clip_address, comment_text, fold, is_dot_atom, log_address, log_value, quoted_string,
                    strip_comments, unquote)
 from .verify import Identity, SpfOutcome, SpfResult

@@ -205,7 +205,8 @@ def _option_entries(parser: argparse.ArgumentParser) -> list[str]:
 def _log_example() -> str:
     from .config import build
     from .headers import log_line
-    from .policy import Action, Facts, Reply
+    from .policy import Action, Facts
+    from .replies import Reply
     from .verify import Identity, SpfOutcome, SpfResult
 
     config = build({}, authserv_id_default="mx.example.com")

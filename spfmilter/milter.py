@@ -36,8 +36,9 @@ from . import headers as hdr
 from .config import ErrorAction, FailHold
 from .dns import DnsTempError
 from .service import Service
-from .policy import (INTERNAL_ERROR, Action, Evaluation, Facts, Reply, deciding_domain, disposition, dkim_verdict,
-                     enforcement_possible, evaluate, rcpt_verdict, removes_forged_headers, vouched_for)
+from .policy import (Action, Evaluation, Facts, deciding_domain, disposition, dkim_verdict, enforcement_possible,
+                     evaluate, rcpt_verdict, removes_forged_headers, vouched_for)
+from .replies import INTERNAL_ERROR, Reply
 from .srs import SrsError
 from .srs import forward as srs_forward
 from .srspolicy import Kind, SrsPolicy, rcpt_srs

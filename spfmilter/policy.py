@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from .config import Config, FailHold, TempErrorAction
+from .replies import DKIM_DNS_FAILURE, SEPARATE_TRANSACTION, Reply
 from .text import reply_text
 from .verify import Identity, SpfOutcome, SpfResult, parse_envelope_address
 
@@ -45,31 +46,6 @@ class Action(str, enum.Enum):
     ACCEPT_DKIM = "accept-dkim"  # a held SPF fail spared by an aligned DKIM signature
     ABORTED = "aborted"  # the client ended the transaction before the end of the message
     SKIPPED = "skipped"  # a trusted client, not checked (metrics; its log line says accept)
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An SMTP reply: code, enhanced status code (RFC 3463) and text."""
-
-    code: int
-    xcode: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.xcode} {self.text}"
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
-
-
-# RFC 3463 section 3.4: 4.3.0 is "other or undefined mail system status".
-INTERNAL_ERROR = Reply(451, "4.3.0", "Temporary error in the SPF filter; please try again later")
-# RFC 5321 section 3.3: a recipient refused with 452 is sent again in a later transaction;
-# RFC 3463 section 3.6: 4.5.3 is "too many recipients" (for this transaction).
-SEPARATE_TRANSACTION = Reply(452, "4.5.3", "This recipient needs a separate transaction; please send it again")
-# RFC 3463 section 3.5: 4.4.3 is "directory server failure" (DNS).
-DKIM_DNS_FAILURE = Reply(451, "4.4.3", "Temporary DNS failure checking the DKIM signature; please try again later")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config import Config
-from .policy import SEPARATE_TRANSACTION, Reply
+from .replies import NO_MAILBOX, SEPARATE_TRANSACTION, Reply
 from .srs import SrsError, SrsKeys, reverse, srs_tag
 
 
@@ -80,8 +80,6 @@ class RcptSrs:
     reason: str = ""  # for the log: bad-hash, expired, ...
 
 
-# RFC 3463 section 3.2: 5.1.1 is "bad destination mailbox address".
-NO_MAILBOX = Reply(550, "5.1.1", "No such mailbox: this domain only receives bounces to SRS addresses")
 _REFUSAL_TEXT = {
     "bad-hash": "its signature is not valid",
     "hash-too-short": "its signature is too short",

@@ -22,7 +22,8 @@ from spfmilter.headers import (
     skip_line,
     spf_headers,
 )
-from spfmilter.policy import Action, Facts, Reply
+from spfmilter.policy import Action, Facts
+from spfmilter.replies import Reply
 from spfmilter.text import clean
 from spfmilter.verify import Identity, SpfOutcome, SpfResult
 from tests.support import spellings

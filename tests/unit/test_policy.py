@@ -12,7 +12,6 @@ from spfmilter.policy import (
     Decision,
     Evaluation,
     Facts,
-    Reply,
     decide,
     evaluate,
     is_exempt_recipient,
@@ -20,6 +19,7 @@ from spfmilter.policy import (
     removes_forged_headers,
     trust_reason,
 )
+from spfmilter.replies import Reply
 from spfmilter.verify import Identity, SpfOutcome, SpfResult
 
 HELO = "mail.example.net"
