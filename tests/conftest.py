@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 from tests.support.dnsserver import DNSServer  # noqa: E402
 from tests.support.milterclient import MilterClient, wait_ready  # noqa: E402
 from tests.support.postfix import free_port  # noqa: E402
+from tests.support.sessions import zones  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,13 @@ def dns_server():
     """One DNS server per test module; tests use distinct names, or their own server for faults."""
     with DNSServer("127.0.0.1") as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def world(dns_server):
+    """The DNS server with the shared zones (tests/support/sessions.py); a module may define its own."""
+    zones(dns_server)
+    return dns_server
 
 
 class RunningMilter:

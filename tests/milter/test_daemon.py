@@ -14,15 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import launch_milter
-from tests.milter.test_sessions import ar_results, run, zones
+from tests.support.sessions import CLIENT_IP, ar_results, run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
 
 
 def _ids(pid: int) -> tuple[list[int], list[int]]:
@@ -79,7 +73,6 @@ def test_sighup_reloads_for_new_connections_and_keeps_open_ones(start_milter, wo
     Runs as nobody, where libmilter would unlink the socket path if the old worker stopped
     through libmilter: the path must still be there afterwards.
     """
-    from tests.milter.test_sessions import CLIENT_IP
     from tests.support.procs import children
 
     nobody = pwd.getpwnam("nobody")

@@ -21,7 +21,7 @@ if not _usable:
     pytest.skip(f"private Postfix instances unavailable: {_why}", allow_module_level=True)
 
 from tests.conftest import launch_milter
-from tests.milter.test_sessions import zones
+from tests.support.sessions import zones
 from tests.mta.test_postfix_spfmilter import (CLIENT_IP, contrib_main_cf, contrib_spfmilter_conf, socket_directory,
                                               wait_for_marked)
 from tests.support.dkimsign import publish, sign

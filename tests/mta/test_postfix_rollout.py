@@ -16,7 +16,7 @@ if not _usable:
     pytest.skip(f"private Postfix instances unavailable: {_why}", allow_module_level=True)
 
 from tests.conftest import launch_milter
-from tests.milter.test_sessions import zones
+from tests.support.sessions import zones
 from tests.reliability.figures import record
 from tests.mta.test_postfix_spfmilter import (CLIENT_IP, HELO, contrib_main_cf, contrib_spfmilter_conf, message,
                                               socket_directory, wait_for_marked)

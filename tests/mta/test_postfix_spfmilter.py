@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import launch_milter
-from tests.milter.test_sessions import zones
 from tests.support.delivered import our_authentication_results, our_received_spf
 from tests.reliability.figures import record
 from tests.support.postfix import PostfixInstance, free_port, postfix_available
@@ -71,12 +70,6 @@ def contrib_spfmilter_conf(**values: str) -> str:
 
 
 # ---------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
-
 
 def socket_directory() -> Path:
     """Like systemd's RuntimeDirectory=spfmilter: owned by the daemon's user (nobody here), 0755,

@@ -48,9 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import authres
-import pytest
 
-from tests.milter.test_sessions import ar_results, run, zones
 from tests.reliability.figures import record, size
 from tests.support.milterclient import (
     SMFIC_HEADER,
@@ -60,6 +58,7 @@ from tests.support.milterclient import (
     MilterError,
     MilterTimeout,
 )
+from tests.support.sessions import ar_results, run
 
 SESSIONS = size(500, 10000)
 RAW_HELO = True  # non-UTF-8 HELO names and senders over 256 characters (bugs once, now handled)
@@ -488,12 +487,6 @@ def run_transaction(plan: Plan, tx: Transaction, client: MilterClient, enforce: 
 
 
 # ---------------------------------------------------------------------------- the run
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
 
 
 def fuzz_seed() -> int:

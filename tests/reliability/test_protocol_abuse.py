@@ -22,7 +22,7 @@ import time
 import authres
 import pytest
 
-from tests.milter.test_sessions import CLIENT_IP, PASSED_ON, ar_results, run, zones
+from tests.support.sessions import CLIENT_IP, PASSED_ON, ar_results, run
 from tests.reliability.figures import record
 from tests.support.milterclient import (
     ALL_ACTIONS,
@@ -96,12 +96,6 @@ def _close_clients(monkeypatch):
     yield
     for made in opened_clients:
         made.close()
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
 
 
 @pytest.fixture(params=[UNIX, INET])
