@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import launch_milter
+from tests.support.milterproc import ROOT, launch_milter
 from tests.support.sessions import CLIENT_IP, ar_results, run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
@@ -55,8 +55,6 @@ def test_binds_then_drops_privileges_with_socket_mode_group_and_pid_file(start_m
 def test_unknown_user_is_a_clear_startup_error(tmp_path, dns_server):
     import subprocess
     import sys
-
-    from tests.conftest import ROOT
 
     conf = tmp_path / "c.conf"
     conf.write_text(f"socket = unix:{tmp_path}/m.sock\nuser = no-such-user-here\n"
@@ -150,8 +148,6 @@ def test_sighup_with_a_broken_configuration_keeps_the_old_one(start_milter, worl
 def _start_as_root(tmp_path, extra: str, dns_server):
     import subprocess
     import sys
-
-    from tests.conftest import ROOT
 
     conf = tmp_path / "c.conf"
     conf.write_text(f"socket = unix:{tmp_path}/m.sock\nuser = nobody\ndns_servers = 127.0.0.1:{dns_server.port}\n"

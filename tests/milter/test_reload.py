@@ -13,7 +13,7 @@ import time
 import pytest
 
 from spfmilter.server import RESPAWN_DELAY
-from tests.conftest import ROOT, RunningMilter
+from tests.support.milterproc import ROOT, RunningMilter
 from tests.support.sessions import added_headers, run
 from tests.support.milterclient import wait_ready
 from tests.support.procs import children

@@ -22,24 +22,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from spfmilter.srs import DAY, SrsKeys, forward, reverse
+from tests.support.milterproc import ROOT, launch_milter
+from tests.support.mta import contrib_main_cf, contrib_spfmilter_conf, socket_directory, wait_for_marked
 from tests.support.postfix import PostfixInstance, postfix_available
+from tests.support.sessions import CLIENT_IP, HELO, write_secrets
 
 _usable, _why = postfix_available()
 if not _usable:
     pytest.skip(f"private Postfix instances unavailable: {_why}", allow_module_level=True)
-
-from spfmilter.srs import DAY, SrsKeys, forward, reverse
-from tests.conftest import launch_milter
-from tests.mta.test_postfix_spfmilter import (
-    CLIENT_IP,
-    HELO,
-    ROOT,
-    contrib_main_cf,
-    contrib_spfmilter_conf,
-    socket_directory,
-    wait_for_marked,
-    world,  # noqa: F401  (the module's DNS zones fixture)
-)
 
 pytestmark = pytest.mark.mta
 
@@ -68,11 +59,9 @@ def contrib_relay_domains(srs_domain: str) -> str:
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def sites(world, tmp_path_factory):  # noqa: F811
+def sites(world, tmp_path_factory):
     directory = tmp_path_factory.mktemp("pf-srs")
-    secrets = directory / "srs-secrets"
-    secrets.write_text(SECRET + "\n")
-    os.chmod(secrets, 0o600)
+    secrets = write_secrets(directory / "srs-secrets", SECRET)
     socket_dir = socket_directory()
     # readable by the postfix user too (cleanup opens virtual_alias_maps)
     table = socket_dir.parent / "virtual"

@@ -34,7 +34,6 @@ mailbox and nothing else: an SRS recipient left in place would be relayed to srs
 """
 from __future__ import annotations
 
-import os
 import re
 import smtplib
 import time
@@ -44,15 +43,15 @@ from unittest import mock
 
 import pytest
 
+from spfmilter.srs import DAY, SrsKeys, forward, reverse
+from tests.support.milterproc import launch_milter
+from tests.support.mta import contrib_milter_mc
 from tests.support.sendmail import SendmailInstance, sendmail_available
+from tests.support.sessions import write_secrets
 
 _usable, _why = sendmail_available()
 if not _usable:
     pytest.skip(f"private Sendmail instances unavailable: {_why}", allow_module_level=True)
-
-from spfmilter.srs import DAY, SrsKeys, forward, reverse  # noqa: E402
-from tests.conftest import launch_milter  # noqa: E402
-from tests.mta.test_sendmail_spfmilter import contrib_milter_mc  # noqa: E402
 
 pytestmark = pytest.mark.mta
 
@@ -80,9 +79,7 @@ def srs_world(dns_server):
 @pytest.fixture(scope="module")
 def site(srs_world, tmp_path_factory):
     directory = tmp_path_factory.mktemp("sm-srs")
-    secrets = directory / "srs-secrets"
-    secrets.write_text(SECRET + "\n")
-    os.chmod(secrets, 0o600)
+    secrets = write_secrets(directory / "srs-secrets", SECRET)
     table = directory / "virtual"
     table.write_text(f"# forwarded mailboxes\n{FORWARDED}   someone@remote.test\n")
     milter = launch_milter(directory, "srs", "\n".join([

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from spfmilter.srs import DAY, SrsKeys, forward, timestamp
-from tests.conftest import launch_milter
+from tests.support.milterproc import launch_milter
 from tests.reliability.figures import record
 from tests.support import spellings
 from tests.support.procs import children

@@ -22,6 +22,7 @@ from tests.support.milterclient import SMFIP_HDR_LEADSPC
 PASSED_ON = ("continue", "noreply", "skipped")
 
 CLIENT_IP = "192.0.2.7"
+HELO = "helo.example"  # zones(): its SPF record passes CLIENT_IP
 
 
 def zones(dns):
@@ -36,12 +37,12 @@ def zones(dns):
     dns.fault("temperror.example", "servfail")
     dns.add("exp.example", "TXT", "v=spf1 -all exp=explain.exp.example")
     dns.add("explain.exp.example", "TXT", "Mail from %{d} must come through our servers, see https://exp.example/spf")
-    dns.add("helo.example", "TXT", "v=spf1 a -all")
-    dns.add("helo.example", "A", CLIENT_IP)
+    dns.add(HELO, "TXT", "v=spf1 a -all")
+    dns.add(HELO, "A", CLIENT_IP)
     dns.add("badhelo.example", "TXT", "v=spf1 -all")
 
 
-def run(milter, sender="<a@pass.example>", rcpts=("<b@mx.test>",), *, ip=CLIENT_IP, helo="helo.example",
+def run(milter, sender="<a@pass.example>", rcpts=("<b@mx.test>",), *, ip=CLIENT_IP, helo=HELO,
         family="4", headers=(), mail_macros=None, eom_macros=None, client=None):
     """One transaction; returns (replies dict, eom mods or None, client)."""
     own = client is None
@@ -112,7 +113,7 @@ def session(milter, sender, rcpts, ip=CLIENT_IP, mail_macros=None):
     """One transaction; returns (rcpt replies, eom modifications or None)."""
     client = milter.client()
     client.connect(f"[{ip}]", ip, port=40000, family="4")
-    client.helo("helo.example")
+    client.helo(HELO)
     client.mail(sender, macros=mail_macros or {})
     replies = [client.rcpt(r) for r in rcpts]
     mods = None
@@ -138,7 +139,7 @@ MESSAGE = (b"From: Alice <alice@fail.example>\r\nTo: bob@mx.test\r\nSubject: for
 
 
 def send_signed(milter, message: bytes, sender="<alice@fail.example>", rcpts=("<bob@mx.test>",),
-                helo="helo.example"):
+                helo=HELO):
     """A full transaction with the message's own headers and body; returns (rcpt replies, eom reply, mods)."""
     client = milter.client()
     client.connect(f"[{CLIENT_IP}]", CLIENT_IP, port=40000, family="4")
