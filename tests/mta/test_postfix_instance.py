@@ -11,12 +11,8 @@ import uuid
 
 import pytest
 
-from tests.support.postfix import (
-    PostfixInstance,
-    free_port,
-    pid_alive,
-    postfix_available,
-)
+from tests.support.postfix import PostfixInstance, free_port, postfix_available
+from tests.support.procs import pid_alive
 
 _usable, _why = postfix_available()
 if not _usable:

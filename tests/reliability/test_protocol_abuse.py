@@ -630,16 +630,16 @@ NUL_CASES = {
 
 @pytest.mark.parametrize("case", list(NUL_CASES))
 def test_nul_bytes_where_the_protocol_allows(milter, case):
-    from tests.support.milterclient import _STAGES  # which stages the milter answers
+    from tests.support.milterclient import STAGES  # which stages the milter answers
     client = opened(milter)
     answers = []
     for raw in NUL_CASES[case]:
         cmd = raw[4:5]
-        stage = next((name for name, st in _STAGES.items() if st.cmd == cmd), None)
-        if stage and client.negotiated_protocol & _STAGES[stage].no_flag:
+        stage = next((name for name, st in STAGES.items() if st.cmd == cmd), None)
+        if stage and client.negotiated_protocol & STAGES[stage].no_flag:
             continue  # a stage the milter asked not to see is never sent
         client.raw_write(raw)
-        if stage and not client.negotiated_protocol & _STAGES[stage].nr_flag:
+        if stage and not client.negotiated_protocol & STAGES[stage].nr_flag:
             answers.append(client._read_reply(stage).action)
     assert all(a in PASSED_ON for a in answers), answers
     if not case.startswith(("rcpt", "header")):
