@@ -27,10 +27,9 @@ from tests.support.milterproc import ROOT, launch_milter
 from tests.support.mta import contrib_main_cf, contrib_spfmilter_conf, socket_directory, wait_for_marked
 from tests.support.postfix import PostfixInstance, postfix_available
 from tests.support.sessions import CLIENT_IP, HELO, write_secrets
+from tests.support.skips import require
 
-_usable, _why = postfix_available()
-if not _usable:
-    pytest.skip(f"private Postfix instances unavailable: {_why}", allow_module_level=True)
+require(postfix_available, "private Postfix instances")
 
 pytestmark = pytest.mark.mta
 

@@ -11,10 +11,9 @@ from tests.support.delivered import our_authentication_results
 from tests.support.milterproc import launch_milter
 from tests.support.mta import contrib_milter_mc, message
 from tests.support.sendmail import SendmailInstance, sendmail_available
+from tests.support.skips import require
 
-_usable, _why = sendmail_available()
-if not _usable:
-    pytest.skip(f"private Sendmail instances unavailable: {_why}", allow_module_level=True)
+require(sendmail_available, "private Sendmail instances")
 
 pytestmark = pytest.mark.mta
 HELO = "sm-helo.example"

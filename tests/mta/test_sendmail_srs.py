@@ -48,10 +48,9 @@ from tests.support.milterproc import launch_milter
 from tests.support.mta import contrib_milter_mc
 from tests.support.sendmail import SendmailInstance, sendmail_available
 from tests.support.sessions import write_secrets
+from tests.support.skips import require
 
-_usable, _why = sendmail_available()
-if not _usable:
-    pytest.skip(f"private Sendmail instances unavailable: {_why}", allow_module_level=True)
+require(sendmail_available, "private Sendmail instances")
 
 pytestmark = pytest.mark.mta
 
