@@ -62,6 +62,7 @@ from tests.support.milterclient import (
     SMFIP_HDR_LEADSPC,
     SMFIR_PROGRESS,
     STAGES,
+    packet,
 )
 
 __all__ = ["run_load", "LoadStats", "SessionRecord", "parse_address", "main"]
@@ -79,17 +80,13 @@ _REFUSALS = frozenset({"reject", "tempfail", "replycode", "shutdown", "connfail"
 _AR = "authentication-results"
 
 
-def _packet(cmd: bytes, data: bytes = b"") -> bytes:
-    return struct.pack(">I", len(data) + 1) + cmd + data
-
-
 def _z(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape") + b"\0"
 
 
-_OPTNEG = _packet(SMFIC_OPTNEG, struct.pack(">III", SMFI_PROT_VERSION, ALL_ACTIONS, ALL_PROTOCOL))
-_QUIT = _packet(SMFIC_QUIT)
-_ABORT = _packet(SMFIC_ABORT)
+_OPTNEG = packet(SMFIC_OPTNEG, struct.pack(">III", SMFI_PROT_VERSION, ALL_ACTIONS, ALL_PROTOCOL))
+_QUIT = packet(SMFIC_QUIT)
+_ABORT = packet(SMFIC_ABORT)
 
 
 # ------------------------------------------------------------------------------------ results
@@ -319,14 +316,14 @@ class _Plan:
             if stage == "header":
                 lead = " " if protocol & SMFIP_HDR_LEADSPC else ""
                 for name, value in payload:
-                    steps.append((_packet(cmd, _z(name) + _z(lead + value)), expect, stage))
+                    steps.append((packet(cmd, _z(name) + _z(lead + value)), expect, stage))
                 continue
-            steps.append((_macro_packet(cmd, macros, wanted_macros.get(macro_index)) + _packet(cmd, payload),
+            steps.append((_macro_packet(cmd, macros, wanted_macros.get(macro_index)) + packet(cmd, payload),
                           expect, stage))
         macros, payload = data.stages["eom"]
         self.steps = tuple(steps)
         cmd, _, _, macro_index = STAGES["eom"]
-        self.eom = _macro_packet(cmd, macros, wanted_macros.get(macro_index)) + _packet(cmd, payload)
+        self.eom = _macro_packet(cmd, macros, wanted_macros.get(macro_index)) + packet(cmd, payload)
 
 
 def _macro_packet(cmd: bytes, macros: dict, wanted: Optional[set]) -> bytes:
@@ -334,7 +331,7 @@ def _macro_packet(cmd: bytes, macros: dict, wanted: Optional[set]) -> bytes:
         macros = {k: v for k, v in macros.items() if k.strip("{}") in wanted}
     if not macros:
         return b""
-    return _packet(SMFIC_MACRO, cmd + b"".join(_z(k) + _z(v) for k, v in macros.items()))
+    return packet(SMFIC_MACRO, cmd + b"".join(_z(k) + _z(v) for k, v in macros.items()))
 
 
 def _parse_negotiation(data: bytes) -> tuple:

@@ -24,7 +24,8 @@ import pytest
 
 from spfmilter.srs import DAY, SrsKeys, forward, reverse
 from tests.support.milterproc import ROOT, launch_milter
-from tests.support.mta import contrib_main_cf, contrib_spfmilter_conf, socket_directory, wait_for_marked
+from tests.support.mta import (contrib_main_cf, contrib_spfmilter_conf, return_path, socket_directory, srs_message,
+                               wait_for_marked)
 from tests.support.postfix import PostfixInstance, postfix_available
 from tests.support.sessions import CLIENT_IP, HELO, write_secrets
 from tests.support.skips import require
@@ -97,24 +98,14 @@ def sites(world, tmp_path_factory):
         shutil.rmtree(socket_dir.parent)
 
 
-def message(marker: str, sender: str = SENDER, to: str = FORWARDED) -> str:
-    return (f"From: <{sender or 'MAILER-DAEMON@remote.example'}>\r\nTo: <{to}>\r\nSubject: srs test\r\n"
-            f"X-Test-Run: {marker}\r\n\r\nhello\r\n")
-
-
 def send(instance, sender: str, rcpts, marker: str):
-    return instance.send(sender, rcpts, message(marker, sender, rcpts[0]), client_ip=CLIENT_IP, helo=HELO)
+    return instance.send(sender, rcpts, srs_message(marker, sender, rcpts[0]), client_ip=CLIENT_IP, helo=HELO)
 
 
 def settled(sites) -> None:
     """Both queues empty: whatever was accepted has been delivered (or bounced) by now."""
     sites.forwarder.wait_queue_empty()
     sites.remote.wait_queue_empty()
-
-
-def return_path(delivered) -> str:
-    [value] = delivered.get_all("Return-Path")
-    return value.strip()
 
 
 # ---------------------------------------------------------------- tests

@@ -40,6 +40,7 @@ from tests.support.milterclient import (
     MilterClient,
     MilterClosed,
     MilterError,
+    packet,
 )
 
 SPF_RESULTS = {"pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"}
@@ -169,10 +170,6 @@ def hang_up(client, how: str) -> None:
     if how == "rst" and sock is not None and sock.family != socket.AF_UNIX:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()
-
-
-def packet(cmd: bytes, data: bytes = b"") -> bytes:
-    return struct.pack(">I", len(data) + 1) + cmd + data
 
 
 # ---------------------------------------------------------------------------- disconnects

@@ -245,6 +245,11 @@ _ENDING_ACTIONS = frozenset(
 )
 
 
+def packet(cmd: bytes, data: bytes = b"") -> bytes:
+    """One framed packet: 4-byte big-endian length (of the command byte and the data), command, data."""
+    return struct.pack(">I", len(data) + 1) + cmd + data
+
+
 # --------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------
@@ -713,7 +718,7 @@ class MilterClient:
             raise ValueError(f"command must be exactly one byte, got {cmd!r}")
         data = bytes(data)
         self.transcript.append(("send", cmd, data))
-        self.raw_write(struct.pack(">I", len(data) + 1) + cmd + data)
+        self.raw_write(packet(cmd, data))
 
     def raw_read(self) -> tuple[bytes, bytes]:
         """Read one framed packet; returns ``(cmd, data)``."""

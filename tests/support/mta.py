@@ -75,6 +75,18 @@ def message(sender: str, extra_headers: str = "") -> str:
             "\r\nhello\r\n")
 
 
+def srs_message(marker: str, sender: str, to: str) -> str:
+    """A message for the SRS tests, marked ``X-Test-Run: marker``; a bounce (null sender) from MAILER-DAEMON."""
+    return (f"From: <{sender or 'MAILER-DAEMON@remote.example'}>\r\nTo: <{to}>\r\nSubject: srs test\r\n"
+            f"X-Test-Run: {marker}\r\n\r\nhello\r\n")
+
+
+def return_path(delivered) -> str:
+    """The envelope sender the delivering MTA recorded."""
+    [value] = delivered.get_all("Return-Path")
+    return value.strip()
+
+
 def wait_for_marked(instance, user: str, marker: str, count: int, timeout: float = 30) -> list:
     """Delivered messages carrying ``X-Test-Run: marker`` (delivery is asynchronous)."""
     deadline = time.monotonic() + timeout
