@@ -48,65 +48,45 @@ from typing import Any, Optional, Sequence
 
 import authres
 
+from tests.support.milterclient import (
+    ALL_ACTIONS,
+    ALL_PROTOCOL,
+    FINAL_REPLIES,
+    MAX_PACKET_SIZE,
+    MOD_REPLIES,
+    SMFI_PROT_VERSION,
+    SMFIC_ABORT,
+    SMFIC_MACRO,
+    SMFIC_OPTNEG,
+    SMFIC_QUIT,
+    SMFIP_HDR_LEADSPC,
+    SMFIR_PROGRESS,
+    STAGES,
+    packet,
+)
+
 __all__ = ["run_load", "LoadStats", "SessionRecord", "parse_address", "main"]
 
 # ------------------------------------------------------------------------------------ protocol constants
+# one definition of the milter protocol: tests/support/milterclient.py (libmilter's mfdef.h / mfapi.h)
 
-PROTOCOL_VERSION = 6
-ALL_ACTIONS = 0x1FF
-ALL_PROTOCOL = 0x1FFFFF
-MAX_PACKET = 1 << 20
-
-SMFIP_NOCONNECT = 0x1
-SMFIP_NOHELO = 0x2
-SMFIP_NOMAIL = 0x4
-SMFIP_NORCPT = 0x8
-SMFIP_NOBODY = 0x10
-SMFIP_NOHDRS = 0x20
-SMFIP_NOEOH = 0x40
-SMFIP_NR_HDR = 0x80
-SMFIP_NODATA = 0x200
-SMFIP_NR_CONN = 0x1000
-SMFIP_NR_HELO = 0x2000
-SMFIP_NR_MAIL = 0x4000
-SMFIP_NR_RCPT = 0x8000
-SMFIP_NR_DATA = 0x10000
-SMFIP_NR_EOH = 0x40000
-SMFIP_NR_BODY = 0x80000
-SMFIP_HDR_LEADSPC = 0x100000
-
-# stage name -> (command, skip flag, no-reply flag, macro list index in the negotiation reply)
-_STAGES = {
-    "connect": (b"C", SMFIP_NOCONNECT, SMFIP_NR_CONN, 0),
-    "helo": (b"H", SMFIP_NOHELO, SMFIP_NR_HELO, 1),
-    "mail": (b"M", SMFIP_NOMAIL, SMFIP_NR_MAIL, 2),
-    "rcpt": (b"R", SMFIP_NORCPT, SMFIP_NR_RCPT, 3),
-    "data": (b"T", SMFIP_NODATA, SMFIP_NR_DATA, 4),
-    "header": (b"L", SMFIP_NOHDRS, SMFIP_NR_HDR, None),
-    "eoh": (b"N", SMFIP_NOEOH, SMFIP_NR_EOH, 6),
-    "body": (b"B", SMFIP_NOBODY, SMFIP_NR_BODY, None),
-    "eom": (b"E", 0, 0, 5),
-}
-_FINAL = {ord("c"): "continue", ord("a"): "accept", ord("r"): "reject", ord("t"): "tempfail",
-          ord("d"): "discard", ord("y"): "replycode", ord("s"): "skip", ord("4"): "shutdown",
-          ord("f"): "connfail"}
-_PROGRESS = ord("p")
-_MODIFICATIONS = frozenset(ord(c) for c in "him+-2ebq")  # add/ins/chg header, rcpts, from, body, quarantine
+# the stages before end of message, in the order Postfix sends them
+_BEFORE_EOM = ("connect", "helo", "mail", "rcpt", "data", "header", "eoh", "body")
+# replies arrive as (command byte as an int, data)
+_FINAL = {cmd[0]: action for cmd, action in FINAL_REPLIES.items()}
+_PROGRESS = SMFIR_PROGRESS[0]
+_MODIFICATIONS = frozenset(cmd[0] for cmd in MOD_REPLIES)  # add/ins/chg header, rcpts, from, body, quarantine
 _REFUSALS = frozenset({"reject", "tempfail", "replycode", "shutdown", "connfail"})
 _AR = "authentication-results"
-
-
-def _packet(cmd: bytes, data: bytes = b"") -> bytes:
-    return struct.pack(">I", len(data) + 1) + cmd + data
 
 
 def _z(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape") + b"\0"
 
 
-_OPTNEG = _packet(b"O", struct.pack(">III", PROTOCOL_VERSION, ALL_ACTIONS, ALL_PROTOCOL))
-_QUIT = _packet(b"Q")
-_ABORT = _packet(b"A")
+_OPTNEG = packet(SMFIC_OPTNEG, struct.pack(">III", SMFI_PROT_VERSION, ALL_ACTIONS, ALL_PROTOCOL))
+_QUIT = packet(SMFIC_QUIT)
+_ABORT = packet(SMFIC_ABORT)
 
 
 # ------------------------------------------------------------------------------------ results
@@ -216,7 +196,7 @@ class _Connection(asyncio.Protocol):
         offset, size = 0, len(buffer)
         while size - offset >= 5:
             length = int.from_bytes(buffer[offset:offset + 4], "big")
-            if length == 0 or length > MAX_PACKET:
+            if length == 0 or length > MAX_PACKET_SIZE:
                 self._fail(f"bad packet length {length} from milter")
                 return
             end = offset + 4 + length
@@ -327,21 +307,23 @@ class _Plan:
 
     def __init__(self, data: _CaseData, protocol: int, wanted_macros: dict):
         steps = []
-        for stage, (cmd, skip_flag, noreply_flag, macro_index) in _STAGES.items():
-            if stage == "eom" or (protocol & skip_flag):
+        for stage in _BEFORE_EOM:
+            cmd, skip_flag, noreply_flag, macro_index = STAGES[stage]
+            if protocol & skip_flag:
                 continue
             macros, payload = data.stages[stage]
             expect = not (protocol & noreply_flag)
             if stage == "header":
                 lead = " " if protocol & SMFIP_HDR_LEADSPC else ""
                 for name, value in payload:
-                    steps.append((_packet(cmd, _z(name) + _z(lead + value)), expect, stage))
+                    steps.append((packet(cmd, _z(name) + _z(lead + value)), expect, stage))
                 continue
-            steps.append((_macro_packet(cmd, macros, wanted_macros.get(macro_index)) + _packet(cmd, payload),
+            steps.append((_macro_packet(cmd, macros, wanted_macros.get(macro_index)) + packet(cmd, payload),
                           expect, stage))
         macros, payload = data.stages["eom"]
         self.steps = tuple(steps)
-        self.eom = _macro_packet(b"E", macros, wanted_macros.get(5)) + _packet(b"E", payload)
+        cmd, _, _, macro_index = STAGES["eom"]
+        self.eom = _macro_packet(cmd, macros, wanted_macros.get(macro_index)) + packet(cmd, payload)
 
 
 def _macro_packet(cmd: bytes, macros: dict, wanted: Optional[set]) -> bytes:
@@ -349,7 +331,7 @@ def _macro_packet(cmd: bytes, macros: dict, wanted: Optional[set]) -> bytes:
         macros = {k: v for k, v in macros.items() if k.strip("{}") in wanted}
     if not macros:
         return b""
-    return _packet(b"D", cmd + b"".join(_z(k) + _z(v) for k, v in macros.items()))
+    return packet(SMFIC_MACRO, cmd + b"".join(_z(k) + _z(v) for k, v in macros.items()))
 
 
 def _parse_negotiation(data: bytes) -> tuple:
@@ -507,7 +489,7 @@ class _Runner:
             await self._connect(conn)
             conn.write(_OPTNEG)
             cmd, negotiation = await conn.read("option negotiation")
-            if cmd != ord("O"):
+            if cmd != SMFIC_OPTNEG[0]:
                 raise _SessionError(f"protocol error: expected the negotiation reply, got {chr(cmd)!r}")
             plan = self.plan(negotiation, index)
             for payload, expect, stage in plan.steps:

@@ -47,11 +47,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.support.postfix import (  # noqa: E402
+from tests.support.postfix import (
     PostfixError,
     PostfixInstance,
     free_port,

@@ -1,7 +1,6 @@
 """Process helpers for the benchmark: start, find the tree, sample memory, stop."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading

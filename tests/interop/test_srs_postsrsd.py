@@ -12,10 +12,9 @@ import pytest
 
 from spfmilter.srs import SrsError, SrsKeys, forward, reverse
 from tests.support.postsrsd import PostSRSd, postsrsd_available
+from tests.support.skips import require
 
-_usable, _why = postsrsd_available()
-if not _usable:
-    pytest.skip(f"PostSRSd unavailable: {_why}", allow_module_level=True)
+require(postsrsd_available, "PostSRSd")
 
 DOMAIN = "srs.test"
 SECRET = "interop-secret-0123456789"

@@ -11,10 +11,7 @@ import authres
 import pytest
 
 from tests.support.milterclient import MilterClient, wait_ready
-
-# A stage that does not refuse: answered "continue", not answered (no-reply stage), or not
-# sent at all (header-only mode asks the MTA to skip RCPT).
-PASSED_ON = ("continue", "noreply", "skipped")
+from tests.support.sessions import PASSED_ON
 
 ROOT = Path(__file__).resolve().parents[2]
 

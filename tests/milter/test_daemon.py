@@ -13,16 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import launch_milter
-from tests.milter.test_sessions import ar_results, run, zones
+from tests.support.milterproc import ROOT, launch_milter
+from tests.support.sessions import CLIENT_IP, ar_results, run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
 
 
 def _ids(pid: int) -> tuple[list[int], list[int]]:
@@ -62,8 +56,6 @@ def test_unknown_user_is_a_clear_startup_error(tmp_path, dns_server):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
-
     conf = tmp_path / "c.conf"
     conf.write_text(f"socket = unix:{tmp_path}/m.sock\nuser = no-such-user-here\n"
                     f"dns_servers = 127.0.0.1:{dns_server.port}\n")
@@ -79,7 +71,6 @@ def test_sighup_reloads_for_new_connections_and_keeps_open_ones(start_milter, wo
     Runs as nobody, where libmilter would unlink the socket path if the old worker stopped
     through libmilter: the path must still be there afterwards.
     """
-    from tests.milter.test_sessions import CLIENT_IP
     from tests.support.procs import children
 
     nobody = pwd.getpwnam("nobody")
@@ -157,8 +148,6 @@ def test_sighup_with_a_broken_configuration_keeps_the_old_one(start_milter, worl
 def _start_as_root(tmp_path, extra: str, dns_server):
     import subprocess
     import sys
-
-    from tests.conftest import ROOT
 
     conf = tmp_path / "c.conf"
     conf.write_text(f"socket = unix:{tmp_path}/m.sock\nuser = nobody\ndns_servers = 127.0.0.1:{dns_server.port}\n"

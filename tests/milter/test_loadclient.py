@@ -12,6 +12,7 @@ import pytest
 
 from bench.loadclient import parse_address, run_load, spf_results
 from bench.zones import RESULTS, generate
+from tests.support.milterclient import packet
 
 # ------------------------------------------------------------------------------------------ spfmilter
 
@@ -65,10 +66,6 @@ _NR = {b"C": 0x1000, b"H": 0x2000, b"M": 0x4000, b"R": 0x8000, b"T": 0x10000, b"
        b"B": 0x80000}
 
 
-def _packet(cmd: bytes, data: bytes = b"") -> bytes:
-    return struct.pack(">I", len(data) + 1) + cmd + data
-
-
 class FakeMilter(asyncio.Protocol):
     """Replies per ``behaviour``; records every packet and what ended each received chunk."""
 
@@ -100,24 +97,24 @@ class FakeMilter(asyncio.Protocol):
     def answer(self, cmd, body):
         if cmd == b"O":
             self.log["offer"] = struct.unpack(">III", body[:12])
-            self.transport.write(_packet(b"O", struct.pack(">III", 6, 0x11, self.protocol)))
+            self.transport.write(packet(b"O", struct.pack(">III", 6, 0x11, self.protocol)))
         elif cmd == b"R" and self.behaviour == "reject":
-            self.transport.write(_packet(b"y", b"550 5.7.23 SPF fail\0"))
+            self.transport.write(packet(b"y", b"550 5.7.23 SPF fail\0"))
         elif cmd in _NR and not self.protocol & _NR[cmd]:
-            self.transport.write(_packet(b"c"))
+            self.transport.write(packet(b"c"))
         elif cmd == b"E":
             if self.behaviour == "silent":
                 return
             if self.behaviour == "helo-only":
                 value = "mx.test; spf=pass smtp.helo=mx.example"
-                self.transport.write(_packet(b"h", b"Authentication-Results\0" + value.encode() + b"\0"))
+                self.transport.write(packet(b"h", b"Authentication-Results\0" + value.encode() + b"\0"))
             elif self.behaviour == "both":
                 value = (f"mx.test; spf=pass (ok)\n\tsmtp.helo={CASE.helo};\n\tspf={CASE.expected_mailfrom} "
                          f"smtp.mailfrom={CASE.sender}")
-                self.transport.write(_packet(b"p"))  # progress: keep waiting
-                self.transport.write(_packet(b"i", struct.pack(">I", 0) + b"Authentication-Results\0"
+                self.transport.write(packet(b"p"))  # progress: keep waiting
+                self.transport.write(packet(b"i", struct.pack(">I", 0) + b"Authentication-Results\0"
                                              + value.encode() + b"\0"))
-            self.transport.write(_packet(b"c"))
+            self.transport.write(packet(b"c"))
         elif cmd == b"Q":
             self.transport.close()
 

@@ -9,16 +9,10 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.milter.test_sessions import run, zones
+from tests.support.sessions import MESSAGE, run, send_signed
 from tests.support.milterclient import wait_ready
 from tests.support.postfix import free_port
 from tests.support.procs import children
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
 
 
 def scrape(port: int) -> dict:
@@ -80,7 +74,6 @@ def test_no_page_without_metrics_listen(start_milter, world):
 def test_an_oversized_held_message_is_counted_as_a_dkim_hold(start_milter, world):
     """A held SPF fail whose message is too big to verify gets the refusal, and is counted (issue 11)."""
     from spfmilter.milter import HOLD_MAX_BYTES
-    from tests.milter.test_rollout_and_hold import MESSAGE, send_signed
 
     port = free_port()
     milter = start_milter(f"metrics_listen = 127.0.0.1:{port}\nmode = enforce\nspf_fail_hold = dkim", fresh=True)

@@ -13,16 +13,10 @@ import time
 import pytest
 
 from spfmilter.server import RESPAWN_DELAY
-from tests.conftest import ROOT, RunningMilter
-from tests.milter.test_sessions import added_headers, run, zones
+from tests.support.milterproc import ROOT, RunningMilter
+from tests.support.sessions import added_headers, run
 from tests.support.milterclient import wait_ready
 from tests.support.procs import children
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
 
 
 def wait_for(condition, timeout: float, what: str):

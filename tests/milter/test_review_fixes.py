@@ -14,18 +14,10 @@ import pytest
 
 from spfmilter.logreport import parse_line
 from spfmilter.srs import forward
-from tests.milter.test_sessions import PASSED_ON, ar_results, run, zones
-from tests.milter.test_srs_sessions import forward_table, secrets_file  # noqa: F401 (fixtures)
-from tests.milter.test_srs_sessions import KEYS, SRS_DOMAIN, session, srs_config, srs_mods
+from tests.support.sessions import KEYS, PASSED_ON, SRS_DOMAIN, ar_results, run, session, srs_config, srs_mods
 
 FORGED_AR = ("Authentication-Results", "mx.test; spf=pass smtp.mailfrom=ceo@fail.example")
 FORGED_RSPF = ("Received-SPF", "pass (mx.test: forged) receiver=mx.test; client-ip=192.0.2.7")
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
 
 
 # ---------------------------------------------------------------- item 2: %-hack, bang paths

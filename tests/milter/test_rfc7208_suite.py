@@ -77,7 +77,7 @@ import dns.rdtypes.ANY.PTR
 import pytest
 import yaml
 
-from tests.conftest import ROOT, launch_milter, stop_all
+from tests.support.milterproc import ROOT, launch_milter, stop_all
 
 SUITE = ROOT / "tests" / "data-cache" / "rfc7208-tests.yml"
 SUITE_SHA256 = "901f561a6e2b1c1590a40a61b1ac7601226fd7045a7aae591a4d25421358d6f9"  # pyspf 2.0.14's copy

@@ -10,11 +10,8 @@ import time
 import authres
 import pytest
 
-from tests.milter.test_sessions import CLIENT_IP, added_headers, ar_results, run, zones
-from tests.support.dkimsign import hostile_key_record, publish, sign, split_message
-from tests.support.milterclient import SMFIP_HDR_LEADSPC
-
-PASSED_ON = ("continue", "noreply", "skipped")
+from tests.support.dkimsign import hostile_key_record, publish, sign
+from tests.support.sessions import MESSAGE, PASSED_ON, added_headers, ar_results, run, send_signed, zones
 
 
 @pytest.fixture(scope="module")
@@ -92,35 +89,6 @@ def test_exempt_recipient_in_enforce_mode_is_not_marked_as_spared(start_milter, 
 
 
 # ---------------------------------------------------------------- holding for DKIM
-
-MESSAGE = (b"From: Alice <alice@fail.example>\r\nTo: bob@mx.test\r\nSubject: forwarded\r\n"
-           b"Date: Mon, 23 Nov 2026 16:00:00 +0000\r\n\r\nHello from a forwarded list.\r\n")
-
-
-def send_signed(milter, message: bytes, sender="<alice@fail.example>", rcpts=("<bob@mx.test>",),
-                helo="helo.example"):
-    """A full transaction with the message's own headers and body; returns (rcpt replies, eom reply, mods)."""
-    client = milter.client()
-    client.connect(f"[{CLIENT_IP}]", CLIENT_IP, port=40000, family="4")
-    client.helo(helo)
-    client.mail(sender)
-    replies = [client.rcpt(r) for r in rcpts]
-    if not any(r.action in PASSED_ON for r in replies):
-        client.abort()
-        client.quit()
-        return replies, None, None
-    client.data()
-    fields, body = split_message(message)
-    leading = client.negotiated_protocol & SMFIP_HDR_LEADSPC
-    for name, value in fields:
-        # as an MTA passes them: with the leading space only when the milter asked for it
-        client.header(name, value if leading else value.lstrip(" "))
-    client.eoh()
-    client.body(body)
-    reply, mods = client.eom()
-    client.quit()
-    return replies, reply, mods
-
 
 @pytest.fixture
 def holding(start_milter, world):

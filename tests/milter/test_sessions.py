@@ -11,89 +11,12 @@ import re
 import signal
 import time
 
-import authres
 import pytest
 
 from tests.support.dnsserver import DNSServer
 from tests.support.milterclient import MilterClient, MilterClosed
 from tests.support.procs import children
-
-# A stage that does not refuse: answered "continue", not answered (no-reply stage), or not
-# sent at all (header-only mode asks the MTA to skip RCPT).
-PASSED_ON = ("continue", "noreply", "skipped")
-
-CLIENT_IP = "192.0.2.7"
-
-
-def zones(dns):
-    """A small world of SPF policies; every test gets a fresh DNS server."""
-    dns.add("pass.example", "TXT", "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8:7::/48 -all")
-    dns.add("fail.example", "TXT", "v=spf1 ip4:198.51.100.1 -all")
-    dns.add("softfail.example", "TXT", "v=spf1 ~all")
-    dns.add("neutral.example", "TXT", "v=spf1 ?all")
-    dns.add("none.example", "A", "192.0.2.99")  # exists, no SPF record
-    dns.add("permerror.example", "TXT", "v=spf1 ip4:192.0.2.0/24 bogus:thing -all")
-    dns.add("temperror.example", "TXT", "v=spf1 -all")
-    dns.fault("temperror.example", "servfail")
-    dns.add("exp.example", "TXT", "v=spf1 -all exp=explain.exp.example")
-    dns.add("explain.exp.example", "TXT", "Mail from %{d} must come through our servers, see https://exp.example/spf")
-    dns.add("helo.example", "TXT", "v=spf1 a -all")
-    dns.add("helo.example", "A", CLIENT_IP)
-    dns.add("badhelo.example", "TXT", "v=spf1 -all")
-
-
-def run(milter, sender="<a@pass.example>", rcpts=("<b@mx.test>",), *, ip=CLIENT_IP, helo="helo.example",
-        family="4", headers=(), mail_macros=None, eom_macros=None, client=None):
-    """One transaction; returns (replies dict, eom mods or None, client)."""
-    own = client is None
-    if own:
-        client = milter.client()
-        client.connect(f"[{ip}]", ip, port=40000, family=family, macros={"j": "mx.test"})
-        client.helo(helo)
-    replies = {"mail": client.mail(sender, macros=mail_macros or {})}
-    replies["rcpt"] = [client.rcpt(r) for r in rcpts]
-    mods = None
-    if any(r.action in ("continue", "noreply", "skipped") for r in replies["rcpt"]):
-        client.data()
-        for name, value in headers:
-            client.header(name, value)
-        client.eoh()
-        replies["eom"], mods = client.eom(macros=eom_macros or {"i": "QID123"})
-    else:
-        client.abort()
-    if own:
-        client.quit()
-    return replies, mods, client
-
-
-def added_headers(mods):
-    """Headers we inserted, as (name, value) with folding undone."""
-    out = []
-    for mod in mods:
-        if mod[0] == "insheader":
-            out.append((mod[2], mod[3].replace("\n", "")))
-        elif mod[0] == "addheader":
-            out.append((mod[1], mod[2].replace("\n", "")))
-    return out
-
-
-def ar_results(mods):
-    """{'helo': (result, value), 'mailfrom': (result, value)} from our A-R header."""
-    [(name, value)] = [h for h in added_headers(mods) if h[0] == "Authentication-Results"]
-    parsed = authres.AuthenticationResultsHeader.parse(f"{name}: {value}")
-    assert parsed.authserv_id == "mx.test"
-    found = {}
-    for result in parsed.results:
-        assert result.method == "spf"
-        prop = result.properties[0]
-        found[prop.name] = (result.result, prop.value)
-    return found
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
+from tests.support.sessions import CLIENT_IP, PASSED_ON, ar_results, run
 
 
 @pytest.fixture

@@ -11,69 +11,12 @@ import time
 import pytest
 
 from spfmilter.srs import SrsKeys, forward, reverse
-from tests.milter.test_sessions import CLIENT_IP, zones
-
-SECRET = "milter-test-secret-0123"
-KEYS = SrsKeys((SECRET.encode(),))
-SRS_DOMAIN = "srs.mx.test"
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
-
-
-@pytest.fixture(scope="module")
-def secrets_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("srs") / "srs-secrets"
-    path.write_text(SECRET + "\n")
-    os.chmod(path, 0o600)
-    return path
-
-
-@pytest.fixture(scope="module")
-def forward_table(tmp_path_factory):
-    path = tmp_path_factory.mktemp("srs") / "virtual"
-    path.write_text("# forwarded mailboxes\n"
-                    "fwd@mx.test    someone@remote.example\n"
-                    "list@mx.test   local1@mx.test,\n"
-                    "               local2@mx.test\n"  # continuation: still only local targets
-                    "@alias.mx.test  catchall@remote.example\n")
-    return path
-
-
-def srs_config(secrets_file, forward_table, extra: str = "") -> str:
-    return (f"srs_domain = {SRS_DOMAIN}\nsrs_secrets_file = {secrets_file}\n"
-            f"local_domains = mx.test, alias.mx.test\nsrs_forward_table = {forward_table}\n{extra}")
+from tests.support.sessions import CLIENT_IP, KEYS, SECRET, SRS_DOMAIN, session, srs_config, srs_mods
 
 
 @pytest.fixture
 def milter(start_milter, world, secrets_file, forward_table):
     return start_milter(srs_config(secrets_file, forward_table))
-
-
-def session(milter, sender, rcpts, ip=CLIENT_IP, mail_macros=None):
-    """One transaction; returns (rcpt replies, eom modifications or None)."""
-    client = milter.client()
-    client.connect(f"[{ip}]", ip, port=40000, family="4")
-    client.helo("helo.example")
-    client.mail(sender, macros=mail_macros or {})
-    replies = [client.rcpt(r) for r in rcpts]
-    mods = None
-    if any(r.action in ("continue", "noreply", "skipped") for r in replies):
-        client.data()
-        client.header("Subject", "srs")
-        client.eoh()
-        _, mods = client.eom()
-    else:
-        client.abort()
-    client.quit()
-    return replies, mods
-
-
-def srs_mods(mods):
-    return [m for m in mods if m[0] in ("chgfrom", "delrcpt", "addrcpt", "addrcpt_par")]
 
 
 def test_forwarded_recipient_gets_the_rewritten_sender(milter):

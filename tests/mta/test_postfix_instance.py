@@ -11,16 +11,11 @@ import uuid
 
 import pytest
 
-from tests.support.postfix import (
-    PostfixInstance,
-    free_port,
-    pid_alive,
-    postfix_available,
-)
+from tests.support.postfix import PostfixInstance, free_port, postfix_available
+from tests.support.procs import pid_alive
+from tests.support.skips import require
 
-_usable, _why = postfix_available()
-if not _usable:
-    pytest.skip(f"private Postfix instances unavailable: {_why}", allow_module_level=True)
+require(postfix_available, "private Postfix instances")
 
 pytestmark = pytest.mark.mta
 

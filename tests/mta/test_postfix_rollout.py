@@ -9,17 +9,14 @@ import uuid
 import authres
 import pytest
 
-from tests.support.postfix import PostfixInstance, postfix_available
-
-_usable, _why = postfix_available()
-if not _usable:
-    pytest.skip(f"private Postfix instances unavailable: {_why}", allow_module_level=True)
-
-from tests.conftest import launch_milter
-from tests.milter.test_sessions import zones
 from tests.reliability.figures import record
-from tests.mta.test_postfix_spfmilter import (CLIENT_IP, HELO, contrib_main_cf, contrib_spfmilter_conf, message,
-                                              socket_directory, wait_for_marked)
+from tests.support.milterproc import launch_milter
+from tests.support.mta import contrib_main_cf, contrib_spfmilter_conf, message, socket_directory, wait_for_marked
+from tests.support.postfix import PostfixInstance, postfix_available
+from tests.support.sessions import CLIENT_IP, HELO, zones
+from tests.support.skips import require
+
+require(postfix_available, "private Postfix instances")
 
 pytestmark = pytest.mark.mta
 

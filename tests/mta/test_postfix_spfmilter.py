@@ -6,12 +6,8 @@ are the ones tested here.
 """
 from __future__ import annotations
 
-import os
-import pwd
-import re
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -19,76 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import launch_milter
-from tests.milter.test_sessions import zones
-from tests.support.delivered import our_authentication_results, our_received_spf
 from tests.reliability.figures import record
+from tests.support.delivered import our_authentication_results, our_received_spf
+from tests.support.milterproc import launch_milter
+from tests.support.mta import contrib_main_cf, contrib_spfmilter_conf, message, socket_directory, wait_for_marked
 from tests.support.postfix import PostfixInstance, free_port, postfix_available
+from tests.support.sessions import CLIENT_IP, HELO
+from tests.support.skips import require
 
-_usable, _why = postfix_available()
-if not _usable:
-    pytest.skip(f"private Postfix instances unavailable: {_why}", allow_module_level=True)
+require(postfix_available, "private Postfix instances")
 
 pytestmark = pytest.mark.mta
-ROOT = Path(__file__).resolve().parents[2]
-CLIENT_IP = "192.0.2.7"
-HELO = "helo.example"
-
-
-# ---------------------------------------------------------------- the contrib files
-
-def contrib_main_cf(milter_socket: str) -> dict:
-    """contrib/postfix-main.cf's settings for ``milter_socket`` (``inet:HOST:PORT`` or ``unix:PATH``).
-
-    The inet line is the active one; the unix line is the commented alternative it documents.
-    """
-    settings, unix_line = {}, None
-    for line in (ROOT / "contrib" / "postfix-main.cf").read_text().splitlines():
-        alternative = re.fullmatch(r"#\s+smtpd_milters = (unix:\S+)", line.strip())
-        if alternative:
-            unix_line = alternative.group(1)
-        elif line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            settings[key.strip()] = value.strip()
-    if milter_socket.startswith("unix:"):
-        assert unix_line == "unix:/run/spfmilter/spfmilter.sock"
-        settings["smtpd_milters"] = milter_socket
-    else:
-        assert settings["smtpd_milters"] == "inet:127.0.0.1:8890"
-        settings["smtpd_milters"] = settings["smtpd_milters"].replace(":8890", ":" + milter_socket.rsplit(":", 1)[1])
-    return settings
-
-
-def contrib_spfmilter_conf(**values: str) -> str:
-    """contrib/spfmilter.conf with the given keys set (a commented ``#key = ...`` line is switched on)."""
-    lines = (ROOT / "contrib" / "spfmilter.conf").read_text().splitlines()
-    for key, value in values.items():
-        pattern = re.compile(rf"#?{re.escape(key)} = .*")
-        found = [i for i, line in enumerate(lines) if pattern.fullmatch(line)]
-        assert len(found) == 1, f"contrib/spfmilter.conf has no single line for {key}"
-        lines[found[0]] = f"{key} = {value}"
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
-
-
-def socket_directory() -> Path:
-    """Like systemd's RuntimeDirectory=spfmilter: owned by the daemon's user (nobody here), 0755,
-    on a path the postfix user can reach."""
-    base = Path(tempfile.mkdtemp(prefix="spfmilter-pf-"))
-    os.chmod(base, 0o755)
-    run = base / "run"
-    run.mkdir()
-    nobody = pwd.getpwnam("nobody")
-    os.chown(run, nobody.pw_uid, nobody.pw_gid)
-    return run
-
 
 def start_milter(directory: Path, transport: str, dns_port: int, mode: str = "header-only",
                  socket_dir: Path | None = None, name: str = "m"):
@@ -126,11 +66,6 @@ def mta(request, world, tmp_path_factory):
         shutil.rmtree(socket_dir.parent)
 
 
-def message(sender: str, extra_headers: str = "") -> str:
-    return (f"From: <{sender}>\r\nTo: <user@mx.test>\r\nSubject: spf test\r\n{extra_headers}"
-            "\r\nhello\r\n")
-
-
 FORGED = ("Authentication-Results: mx.test; spf=pass smtp.mailfrom={sender}\r\n"
           "Received-SPF: pass (mx.test: forged) client-ip=192.0.2.7; envelope-from={sender}; receiver=mx.test;\r\n"
           "\tidentity=mailfrom\r\n")
@@ -140,16 +75,6 @@ def our_results(delivered) -> dict:
     """{'ar': {identity: result}, 'rspf': {identity: result}} from the delivered message's headers."""
     ar = {identity: result for identity, (result, _) in our_authentication_results(delivered).items()}
     return {"ar": ar, "rspf": our_received_spf(delivered)}
-
-
-def wait_for_marked(instance, user: str, marker: str, count: int, timeout: float = 30) -> list:
-    """Delivered messages carrying ``X-Test-Run: marker`` (delivery is asynchronous)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ours = [m for m in instance.mailbox(user) if m.get("X-Test-Run") == marker]
-        if len(ours) >= count or time.monotonic() > deadline:
-            return ours
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- tests

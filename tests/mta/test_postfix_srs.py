@@ -22,24 +22,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.support.postfix import PostfixInstance, postfix_available
-
-_usable, _why = postfix_available()
-if not _usable:
-    pytest.skip(f"private Postfix instances unavailable: {_why}", allow_module_level=True)
-
 from spfmilter.srs import DAY, SrsKeys, forward, reverse
-from tests.conftest import launch_milter
-from tests.mta.test_postfix_spfmilter import (
-    CLIENT_IP,
-    HELO,
-    ROOT,
-    contrib_main_cf,
-    contrib_spfmilter_conf,
-    socket_directory,
-    wait_for_marked,
-    world,  # noqa: F401  (the module's DNS zones fixture)
-)
+from tests.support.milterproc import ROOT, launch_milter
+from tests.support.mta import (contrib_main_cf, contrib_spfmilter_conf, return_path, socket_directory, srs_message,
+                               wait_for_marked)
+from tests.support.postfix import PostfixInstance, postfix_available
+from tests.support.sessions import CLIENT_IP, HELO, write_secrets
+from tests.support.skips import require
+
+require(postfix_available, "private Postfix instances")
 
 pytestmark = pytest.mark.mta
 
@@ -68,11 +59,9 @@ def contrib_relay_domains(srs_domain: str) -> str:
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def sites(world, tmp_path_factory):  # noqa: F811
+def sites(world, tmp_path_factory):
     directory = tmp_path_factory.mktemp("pf-srs")
-    secrets = directory / "srs-secrets"
-    secrets.write_text(SECRET + "\n")
-    os.chmod(secrets, 0o600)
+    secrets = write_secrets(directory / "srs-secrets", SECRET)
     socket_dir = socket_directory()
     # readable by the postfix user too (cleanup opens virtual_alias_maps)
     table = socket_dir.parent / "virtual"
@@ -109,24 +98,14 @@ def sites(world, tmp_path_factory):  # noqa: F811
         shutil.rmtree(socket_dir.parent)
 
 
-def message(marker: str, sender: str = SENDER, to: str = FORWARDED) -> str:
-    return (f"From: <{sender or 'MAILER-DAEMON@remote.example'}>\r\nTo: <{to}>\r\nSubject: srs test\r\n"
-            f"X-Test-Run: {marker}\r\n\r\nhello\r\n")
-
-
 def send(instance, sender: str, rcpts, marker: str):
-    return instance.send(sender, rcpts, message(marker, sender, rcpts[0]), client_ip=CLIENT_IP, helo=HELO)
+    return instance.send(sender, rcpts, srs_message(marker, sender, rcpts[0]), client_ip=CLIENT_IP, helo=HELO)
 
 
 def settled(sites) -> None:
     """Both queues empty: whatever was accepted has been delivered (or bounced) by now."""
     sites.forwarder.wait_queue_empty()
     sites.remote.wait_queue_empty()
-
-
-def return_path(delivered) -> str:
-    [value] = delivered.get_all("Return-Path")
-    return value.strip()
 
 
 # ---------------------------------------------------------------- tests

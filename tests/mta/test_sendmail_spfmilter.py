@@ -5,20 +5,17 @@ Sendmail has no XCLIENT, so the milter sees every client as 127.0.0.1: it runs w
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import launch_milter
 from tests.support.delivered import our_authentication_results
+from tests.support.milterproc import launch_milter
+from tests.support.mta import contrib_milter_mc, message
 from tests.support.sendmail import SendmailInstance, sendmail_available
+from tests.support.skips import require
 
-_usable, _why = sendmail_available()
-if not _usable:
-    pytest.skip(f"private Sendmail instances unavailable: {_why}", allow_module_level=True)
+require(sendmail_available, "private Sendmail instances")
 
 pytestmark = pytest.mark.mta
-ROOT = Path(__file__).resolve().parents[2]
 HELO = "sm-helo.example"
 EXPLANATION = "Mail from %{d} must come through our servers, see https://sm-fail.example/spf"
 
@@ -28,15 +25,6 @@ def sendmail_zones(dns) -> None:
     dns.add("sm-pass.example", "TXT", "v=spf1 ip4:127.0.0.1 -all")
     dns.add("sm-fail.example", "TXT", "v=spf1 -all exp=explain.sm-fail.example")
     dns.add("explain.sm-fail.example", "TXT", EXPLANATION)
-
-
-def contrib_milter_mc(port: int) -> str:
-    """The INPUT_MAIL_FILTER line of contrib/sendmail.mc, pointed at the test milter's port."""
-    lines = [line for line in (ROOT / "contrib" / "sendmail.mc").read_text().splitlines()
-             if line.startswith("INPUT_MAIL_FILTER(")]
-    assert len(lines) == 1, lines
-    assert "inet:8890@127.0.0.1" in lines[0]
-    return lines[0].replace("inet:8890@", f"inet:{port}@")
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +47,6 @@ def mta(request, world, tmp_path_factory):
     instance.stop()
     assert milter.stop() == 0, milter.full_log()
     assert "Traceback" not in milter.full_log(), milter.full_log()
-
-
-def message(sender: str, extra_headers: str = "") -> str:
-    return (f"From: <{sender}>\r\nTo: <user@mx.test>\r\nSubject: spf test\r\n{extra_headers}"
-            "\r\nhello\r\n")
 
 
 our_results = our_authentication_results

@@ -34,7 +34,6 @@ mailbox and nothing else: an SRS recipient left in place would be relayed to srs
 """
 from __future__ import annotations
 
-import os
 import re
 import smtplib
 import time
@@ -44,15 +43,14 @@ from unittest import mock
 
 import pytest
 
+from spfmilter.srs import DAY, SrsKeys, forward, reverse
+from tests.support.milterproc import launch_milter
+from tests.support.mta import contrib_milter_mc, return_path, srs_message
 from tests.support.sendmail import SendmailInstance, sendmail_available
+from tests.support.sessions import write_secrets
+from tests.support.skips import require
 
-_usable, _why = sendmail_available()
-if not _usable:
-    pytest.skip(f"private Sendmail instances unavailable: {_why}", allow_module_level=True)
-
-from spfmilter.srs import DAY, SrsKeys, forward, reverse  # noqa: E402
-from tests.conftest import launch_milter  # noqa: E402
-from tests.mta.test_sendmail_spfmilter import contrib_milter_mc  # noqa: E402
+require(sendmail_available, "private Sendmail instances")
 
 pytestmark = pytest.mark.mta
 
@@ -80,9 +78,7 @@ def srs_world(dns_server):
 @pytest.fixture(scope="module")
 def site(srs_world, tmp_path_factory):
     directory = tmp_path_factory.mktemp("sm-srs")
-    secrets = directory / "srs-secrets"
-    secrets.write_text(SECRET + "\n")
-    os.chmod(secrets, 0o600)
+    secrets = write_secrets(directory / "srs-secrets", SECRET)
     table = directory / "virtual"
     table.write_text(f"# forwarded mailboxes\n{FORWARDED}   someone@remote.test\n")
     milter = launch_milter(directory, "srs", "\n".join([
@@ -110,16 +106,11 @@ class _FromClientIp(smtplib.SMTP):
         super().__init__(*args, source_address=(CLIENT_IP, 0), **kwargs)
 
 
-def message(marker: str, sender: str, to: str) -> str:
-    return (f"From: <{sender or 'MAILER-DAEMON@remote.example'}>\r\nTo: <{to}>\r\nSubject: srs test\r\n"
-            f"X-Test-Run: {marker}\r\n\r\nhello\r\n")
-
-
 def send(site, sender: str, rcpts, marker: str):
     """One transaction from CLIENT_IP (the test's SMTP client binds that source address)."""
     shim = types.SimpleNamespace(**{**vars(smtplib), "SMTP": _FromClientIp})
     with mock.patch("tests.support.postfix.smtplib", shim):
-        return site.sendmail.send(sender, rcpts, message(marker, sender, rcpts[0]), helo=HELO)
+        return site.sendmail.send(sender, rcpts, srs_message(marker, sender, rcpts[0]), helo=HELO)
 
 
 def marked(site, user: str, run: str) -> list:
@@ -150,11 +141,6 @@ def wait_marked(site, user: str, marker: str, timeout: float = 20.0):
         time.sleep(0.05)
     assert len(found) == 1, (user, marker, all_marked(site, marker.split("-")[0]))
     return found[0]
-
-
-def return_path(delivered) -> str:
-    [value] = delivered.get_all("Return-Path")
-    return value.strip()
 
 
 def milter_log_since(site, offset: int) -> str:

@@ -34,12 +34,11 @@ import authres
 import pytest
 
 from tests.reliability.figures import record
+from tests.support.sessions import CLIENT_IP, PASSED_ON
 
 BUDGET = 2.0  # dns_timeout of the milter under test
 CONFIG = f"mode = enforce\ndns_timeout = {BUDGET:g}\nheader_type = both"
-CLIENT_IP = "192.0.2.7"
 HELO = "helo.dnsf.example"
-PASSED_ON = ("continue", "noreply", "skipped")
 FAST = BUDGET / 2  # a fault that needs no waiting must cost far less than the budget
 GOOD_SPF = "v=spf1 ip4:192.0.2.0/24 -all"  # passes CLIENT_IP
 

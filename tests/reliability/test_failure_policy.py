@@ -6,12 +6,10 @@ message.  Each case runs with ``on_error = tempfail`` and ``on_error = accept``.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.milter.test_sessions import CLIENT_IP, ar_results, run, zones
 from tests.reliability.figures import record
+from tests.support.sessions import CLIENT_IP, ar_results, run, write_secrets
 
 TEMPFAIL = ("replycode", 451, "4.3.0")
 ACCEPT = ("accept", None, None)
@@ -19,17 +17,8 @@ SECRET = "failure-policy-secret-42"
 
 
 @pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
-
-
-@pytest.fixture(scope="module")
 def secrets_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fp") / "srs-secrets"
-    path.write_text(SECRET + "\n")
-    os.chmod(path, 0o600)
-    return path
+    return write_secrets(tmp_path_factory.mktemp("fp") / "srs-secrets", SECRET)
 
 
 # (case, session keyword arguments, stage whose reply carries the on_error answer)

@@ -40,7 +40,6 @@ import os
 import random
 import re
 import signal
-import struct
 import threading
 import time
 import traceback
@@ -48,9 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import authres
-import pytest
 
-from tests.milter.test_sessions import ar_results, run, zones
 from tests.reliability.figures import record, size
 from tests.support.milterclient import (
     SMFIC_HEADER,
@@ -59,7 +56,9 @@ from tests.support.milterclient import (
     MilterClient,
     MilterError,
     MilterTimeout,
+    packet,
 )
+from tests.support.sessions import ar_results, run
 
 SESSIONS = size(500, 10000)
 RAW_HELO = True  # non-UTF-8 HELO names and senders over 256 characters (bugs once, now handled)
@@ -355,10 +354,6 @@ def check_eom(plan: Plan, tx: Transaction, sent_headers: list, reply, mods, tall
         tally.problem(plan, "wrong", text)
 
 
-def _packet(cmd: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data) + 1) + cmd + data
-
-
 # ---------------------------------------------------------------------------- a session
 
 
@@ -430,7 +425,7 @@ def run_transaction(plan: Plan, tx: Transaction, client: MilterClient, enforce: 
         client.close()
         return False
 
-    mail_packet = _packet(SMFIC_MAIL, tx.sender + b"\0" + b"".join(a + b"\0" for a in tx.mail_args))
+    mail_packet = packet(SMFIC_MAIL, tx.sender + b"\0" + b"".join(a + b"\0" for a in tx.mail_args))
     if at == "mail" and how == "half":
         return bool(stop_here("mail", mail_packet))
     reply = client.mail(tx.sender, *tx.mail_args, macros=tx.mail_macros)
@@ -463,23 +458,23 @@ def run_transaction(plan: Plan, tx: Transaction, client: MilterClient, enforce: 
             tally.problem(plan, "wrong", f"rcpt reply {reply}")
             with tally.lock:
                 tally.wrong_results += 1
-    done = stop_here("rcpt", _packet(SMFIC_RCPT, b"<b@mx.test>\0"))
+    done = stop_here("rcpt", packet(SMFIC_RCPT, b"<b@mx.test>\0"))
     if done is not None:
         return done
     if not accepted:
         client.abort()  # no recipient left: the MTA ends the transaction
         return True
     client.data()
-    done = stop_here("data", _packet(SMFIC_HEADER, b"Subject\0x\0"))
+    done = stop_here("data", packet(SMFIC_HEADER, b"Subject\0x\0"))
     if done is not None:
         return done
     for name, value, _ in tx.headers:
         client.header(name, value)
-    done = stop_here("header", _packet(SMFIC_HEADER, b"Received-SPF\0pass receiver=mx.test\0"))
+    done = stop_here("header", packet(SMFIC_HEADER, b"Received-SPF\0pass receiver=mx.test\0"))
     if done is not None:
         return done
     client.eoh()
-    done = stop_here("eoh", _packet(b"E", b""))
+    done = stop_here("eoh", packet(b"E", b""))
     if done is not None:
         return done
     reply, mods = client.eom(macros=tx.eom_macros)
@@ -488,12 +483,6 @@ def run_transaction(plan: Plan, tx: Transaction, client: MilterClient, enforce: 
 
 
 # ---------------------------------------------------------------------------- the run
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
 
 
 def fuzz_seed() -> int:

@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from tests.milter.test_rollout_and_hold import MESSAGE, send_signed
-from tests.milter.test_sessions import zones
+from tests.support.sessions import MESSAGE, send_signed, zones
 from tests.reliability.figures import record
 from tests.support.dkimsign import hostile_key_record, publish, rsa_key_record, sign
 from tests.support.procs import children

@@ -22,7 +22,7 @@ import time
 import authres
 import pytest
 
-from tests.milter.test_sessions import CLIENT_IP, PASSED_ON, ar_results, run, zones
+from tests.support.sessions import CLIENT_IP, PASSED_ON, ar_results, run
 from tests.reliability.figures import record
 from tests.support.milterclient import (
     ALL_ACTIONS,
@@ -40,6 +40,7 @@ from tests.support.milterclient import (
     MilterClient,
     MilterClosed,
     MilterError,
+    packet,
 )
 
 SPF_RESULTS = {"pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"}
@@ -96,12 +97,6 @@ def _close_clients(monkeypatch):
     yield
     for made in opened_clients:
         made.close()
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
 
 
 @pytest.fixture(params=[UNIX, INET])
@@ -175,10 +170,6 @@ def hang_up(client, how: str) -> None:
     if how == "rst" and sock is not None and sock.family != socket.AF_UNIX:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()
-
-
-def packet(cmd: bytes, data: bytes = b"") -> bytes:
-    return struct.pack(">I", len(data) + 1) + cmd + data
 
 
 # ---------------------------------------------------------------------------- disconnects
@@ -636,16 +627,16 @@ NUL_CASES = {
 
 @pytest.mark.parametrize("case", list(NUL_CASES))
 def test_nul_bytes_where_the_protocol_allows(milter, case):
-    from tests.support.milterclient import _STAGES  # which stages the milter answers
+    from tests.support.milterclient import STAGES  # which stages the milter answers
     client = opened(milter)
     answers = []
     for raw in NUL_CASES[case]:
         cmd = raw[4:5]
-        stage = next((name for name, st in _STAGES.items() if st.cmd == cmd), None)
-        if stage and client.negotiated_protocol & _STAGES[stage].no_flag:
+        stage = next((name for name, st in STAGES.items() if st.cmd == cmd), None)
+        if stage and client.negotiated_protocol & STAGES[stage].no_flag:
             continue  # a stage the milter asked not to see is never sent
         client.raw_write(raw)
-        if stage and not client.negotiated_protocol & _STAGES[stage].nr_flag:
+        if stage and not client.negotiated_protocol & STAGES[stage].nr_flag:
             answers.append(client._read_reply(stage).action)
     assert all(a in PASSED_ON for a in answers), answers
     if not case.startswith(("rcpt", "header")):

@@ -9,11 +9,9 @@
 """
 from __future__ import annotations
 
-import base64
 import os
 import pwd
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -23,24 +21,18 @@ from pathlib import Path
 
 import pytest
 
-from spfmilter.srs import BASE32, DAY, SrsKeys, forward, timestamp
-from tests.conftest import launch_milter
-from tests.milter.test_sessions import CLIENT_IP, ar_results, run, zones
+from spfmilter.srs import DAY, SrsKeys, forward, timestamp
+from tests.support.milterproc import launch_milter
 from tests.reliability.figures import record
 from tests.support import spellings
 from tests.support.procs import children
+from tests.support.sessions import CLIENT_IP, ar_results, run, write_secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "security-test-secret-9876"
 KEYS = SrsKeys((SECRET.encode(),))
 SRS_DOMAIN = "srs.mx.test"
 FORGERIES = 10_000
-
-
-@pytest.fixture(scope="module")
-def world(dns_server):
-    zones(dns_server)
-    return dns_server
 
 
 # ---------------------------------------------------------------- forged headers
@@ -165,9 +157,7 @@ def forged_addresses(rng: random.Random, count: int) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def srs_milter(world, tmp_path_factory):
     directory = tmp_path_factory.mktemp("sec-srs")
-    secrets = directory / "srs-secrets"
-    secrets.write_text(SECRET + "\n")
-    os.chmod(secrets, 0o600)
+    secrets = write_secrets(directory / "srs-secrets", SECRET)
     milter = launch_milter(directory, "m", f"srs_domain = {SRS_DOMAIN}\nsrs_secrets_file = {secrets}\n"
                            "local_domains = mx.test\nmode = enforce", world.port)
     yield milter

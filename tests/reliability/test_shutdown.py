@@ -39,13 +39,13 @@ from tests.support.milterclient import (
     MilterTimeout,
 )
 from tests.support.procs import children
+from tests.support.sessions import PASSED_ON
 
 CLIENTS = 16
 WARMUP_SESSIONS = 10 * CLIENTS  # free-running sessions before the clients stop mid-session
 MAX_PAUSE = 1.0
 CLIENT_TIMEOUT = 10.0  # > libmilter's listener poll (a connection queued on a dropped listener is reset by then)
 REFUSED_BACKOFF = 0.02  # an MTA whose milter connection failed moves on; don't spin on a dead socket
-PASSED_ON = ("continue", "noreply", "skipped")
 OLD_ID, NEW_ID = "mx.test", "mx2.test"
 
 

@@ -183,7 +183,7 @@ class _Stage(NamedTuple):
     macro_stage: Optional[int]  # SMFIM_xxx index for requested macro lists
 
 
-_STAGES: dict[str, _Stage] = {
+STAGES: dict[str, _Stage] = {
     "connect": _Stage(SMFIC_CONNECT, SMFIP_NOCONNECT, SMFIP_NR_CONN, SMFIM_CONNECT),
     "helo": _Stage(SMFIC_HELO, SMFIP_NOHELO, SMFIP_NR_HELO, SMFIM_HELO),
     "mail": _Stage(SMFIC_MAIL, SMFIP_NOMAIL, SMFIP_NR_MAIL, SMFIM_ENVFROM),
@@ -196,10 +196,10 @@ _STAGES: dict[str, _Stage] = {
     "unknown": _Stage(SMFIC_UNKNOWN, SMFIP_NOUNKNOWN, SMFIP_NR_UNKN, None),
 }
 
-_CMD_TO_STAGE = {st.cmd.decode(): name for name, st in _STAGES.items()}
+_CMD_TO_STAGE = {st.cmd.decode(): name for name, st in STAGES.items()}
 
 # final replies -> Reply.action
-_FINAL_REPLIES = {
+FINAL_REPLIES = {
     SMFIR_CONTINUE: "continue",
     SMFIR_ACCEPT: "accept",
     SMFIR_REJECT: "reject",
@@ -211,7 +211,7 @@ _FINAL_REPLIES = {
     SMFIR_CONN_FAIL: "connfail",
 }
 
-_MOD_REPLIES = {
+MOD_REPLIES = {
     SMFIR_ADDHEADER,
     SMFIR_INSHEADER,
     SMFIR_CHGHEADER,
@@ -243,6 +243,11 @@ ACTIONS = frozenset(
 _ENDING_ACTIONS = frozenset(
     {"accept", "discard", "reject", "tempfail", "replycode", "shutdown", "connfail"}
 )
+
+
+def packet(cmd: bytes, data: bytes = b"") -> bytes:
+    """One framed packet: 4-byte big-endian length (of the command byte and the data), command, data."""
+    return struct.pack(">I", len(data) + 1) + cmd + data
 
 
 # --------------------------------------------------------------------------
@@ -713,7 +718,7 @@ class MilterClient:
             raise ValueError(f"command must be exactly one byte, got {cmd!r}")
         data = bytes(data)
         self.transcript.append(("send", cmd, data))
-        self.raw_write(struct.pack(">I", len(data) + 1) + cmd + data)
+        self.raw_write(packet(cmd, data))
 
     def raw_read(self) -> tuple[bytes, bytes]:
         """Read one framed packet; returns ``(cmd, data)``."""
@@ -773,13 +778,13 @@ class MilterClient:
             cmd, data = self._read_packet(context)
             if cmd == SMFIR_PROGRESS:
                 continue
-            action = _FINAL_REPLIES.get(cmd)
+            action = FINAL_REPLIES.get(cmd)
             if action is not None:
                 if cmd == SMFIR_REPLYCODE:
                     text = _s(data[:-1] if data.endswith(b"\0") else data)
                     return Reply("replycode", text)
                 return Reply(action)
-            if cmd in _MOD_REPLIES:
+            if cmd in MOD_REPLIES:
                 if mods is None:
                     self.close()
                     raise MilterProtocolError(
@@ -835,7 +840,7 @@ class MilterClient:
         if not macros:
             return
         items = list(macros.items())
-        st = _STAGES.get(stage)
+        st = STAGES.get(stage)
         if self.only_requested_macros and st is not None and st.macro_stage is not None:
             wanted = self.requested_macros.get(MACRO_STAGE_NAMES[st.macro_stage])
             if wanted is not None:
@@ -869,7 +874,7 @@ class MilterClient:
         return bool((self.negotiated_protocol or 0) & flag)
 
     def _stage(self, stage: str, data: bytes, macros: Optional[Mapping]) -> Reply:
-        st = _STAGES[stage]
+        st = STAGES[stage]
         self._require_open()
         if st.no_flag and self._negotiated(st.no_flag):
             return Reply("skipped")

@@ -70,10 +70,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.procs import children
+from tests.support.procs import children, pid_alive
 
 __all__ = [
-    "PostfixError", "PostfixInstance", "Reply", "SendResult", "find_tool", "free_port", "pid_alive",
+    "PostfixError", "PostfixInstance", "Reply", "SendResult", "find_tool", "free_port",
     "postfix_available", "postfix_path", "postfix_version", "smtp_sink_path", "smtp_source_path",
     "wait_smtp_greeting",
 ]
@@ -239,22 +239,6 @@ def _reachable_by(path: Path, uid: int, gids: set[int]) -> bool:
 def _user_ids(name: str) -> tuple[int, int, set[int]]:
     entry = pwd.getpwnam(name)
     return entry.pw_uid, entry.pw_gid, set(os.getgrouplist(name, entry.pw_gid))
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode(errors="replace")
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @dataclass(frozen=True)

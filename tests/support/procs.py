@@ -1,7 +1,17 @@
-"""Process helpers for tests and the benchmark: who is whose child (from /proc)."""
+"""Process helpers for tests and the benchmark: who is whose child, who is still alive (from /proc)."""
 from __future__ import annotations
 
 import os
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...); None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
 
 
 def child_map() -> dict[int, list[int]]:
@@ -12,17 +22,26 @@ def child_map() -> dict[int, list[int]]:
     except OSError:
         return out
     for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        out.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        fields = _stat_fields(entry) if entry.isdigit() else None
+        if fields is not None:
+            out.setdefault(int(fields[1]), []).append(int(entry))
     return out
 
 
 def children(pid: int) -> list[int]:
     """Direct children of ``pid``."""
     return child_map().get(pid, [])
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    fields = _stat_fields(pid)
+    if fields is not None:
+        return fields[0] != "Z"
+    try:  # no /proc entry to read: ask the kernel
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Iterable
 
 from tests.support.postfix import SendResult, SmtpSubmitter, free_port, wait_smtp_greeting
+from tests.support.procs import pid_alive
 
 SENDMAIL_ROOT = Path(os.environ.get("SPFMILTER_SENDMAIL_ROOT", "/opt/spfmilter-sendmail"))
 SENDMAIL_BIN = SENDMAIL_ROOT / "usr/libexec/sendmail/sendmail"
@@ -204,7 +205,7 @@ Cw{HOSTNAME}
                 self.proc.wait()
         # delivery children (own process group, started from the daemon) finish on their own
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
             time.sleep(0.05)
 
     def __enter__(self) -> "SendmailInstance":
@@ -247,17 +248,3 @@ Cw{HOSTNAME}
 
     def __repr__(self) -> str:
         return f"<SendmailInstance {self.base_dir} port={self.port}>"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.zones import ALLOWED_NETWORKS, MIX, RESULTS, Case, World, generate, mix_counts  # noqa: E402
-from spfmilter.config import DnsServer as DnsServerConfig  # noqa: E402
-from spfmilter.dns import DnsClient, make_resolver  # noqa: E402
-from spfmilter.verify import Verifier  # noqa: E402
-from tests.support.dnsserver import DNSServer  # noqa: E402
+from bench.zones import ALLOWED_NETWORKS, MIX, RESULTS, Case, World, generate, mix_counts
+from spfmilter.config import DnsServer as DnsServerConfig
+from spfmilter.dns import DnsClient, make_resolver
+from spfmilter.verify import Verifier
+from tests.support.dnsserver import DNSServer
 
 
 @pytest.fixture(scope="module")

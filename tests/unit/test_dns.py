@@ -6,27 +6,20 @@ through resolvers built with an explicit loopback server list.
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from pathlib import Path
 
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+import dns.rrset
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # allow plain `pytest` as well as `python -m pytest`
-    sys.path.insert(0, str(ROOT))
-
-import dns.message  # noqa: E402
-import dns.name  # noqa: E402
-import dns.rcode  # noqa: E402
-import dns.rdataclass  # noqa: E402
-import dns.rdatatype  # noqa: E402
-import dns.resolver  # noqa: E402
-import dns.rrset  # noqa: E402
-
-from spfmilter.config import DnsServer  # noqa: E402
-from spfmilter.dns import (  # noqa: E402
+from spfmilter.config import DnsServer
+from spfmilter.dns import (
     MAX_CACHE_TTL,
     NEGATIVE_TTL_CAP,
     SERVER_FAILURE_TTL,
@@ -37,7 +30,7 @@ from spfmilter.dns import (  # noqa: E402
     _negative_ttl,
     make_resolver,
 )
-from tests.support.dnsserver import DNSServer  # noqa: E402
+from tests.support.dnsserver import DNSServer
 
 SOON = 5.0  # a generous deadline for lookups that should answer at once
 

@@ -13,22 +13,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.resolver
 import pytest
 
+from tests.support.dnsserver import DNSServer
+
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # allow plain `pytest` as well as `python -m pytest`
-    sys.path.insert(0, str(ROOT))
-
-import dns.exception  # noqa: E402
-import dns.flags  # noqa: E402
-import dns.message  # noqa: E402
-import dns.query  # noqa: E402
-import dns.rcode  # noqa: E402
-import dns.rdatatype  # noqa: E402
-import dns.resolver  # noqa: E402
-
-from tests.support.dnsserver import DNSServer  # noqa: E402
-
 HOST = "127.0.0.1"
 
 

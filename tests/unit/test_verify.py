@@ -5,21 +5,14 @@ and the HELO outcome cache.
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from pathlib import Path
 
 import pytest
+import spf
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # allow plain `pytest` as well as `python -m pytest`
-    sys.path.insert(0, str(ROOT))
-
-import spf  # noqa: E402
-
-from spfmilter.config import DnsServer  # noqa: E402
-from spfmilter.dns import DnsClient, make_resolver  # noqa: E402
-from spfmilter.verify import (  # noqa: E402
+from spfmilter.config import DnsServer
+from spfmilter.dns import DnsClient, make_resolver
+from spfmilter.verify import (
     Address,
     Identity,
     SpfOutcome,
@@ -29,7 +22,7 @@ from spfmilter.verify import (  # noqa: E402
     normalise_ip,
     parse_envelope_address,
 )
-from tests.support.dnsserver import DNSServer  # noqa: E402
+from tests.support.dnsserver import DNSServer
 
 R = SpfResult
 CLIENT = "192.0.2.10"  # inside 192.0.2.0/24, the network most policies allow
