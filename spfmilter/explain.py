@@ -35,6 +35,7 @@ import spf
 from . import verify
 from .config import Config
 from .checkcmd import milter_view
+from .dns import Lookup
 from .service import make_service
 from .policy import Evaluation, Facts, evaluate
 from .text import SHOWN_LIMIT, printable
@@ -379,8 +380,10 @@ def _observed_match(term: TermStep) -> Optional[bool]:
 # --------------------------------------------------------------------------- evaluation
 
 def explain(config: Config, ip: str, helo: str, sender: str, recipient: str,
-            auth_user: Optional[str] = None, sources: Iterable[str] = ()) -> Explanation:
-    """Evaluate one case as the milter would, recording every step of the SPF evaluation."""
+            auth_user: Optional[str] = None, sources: Iterable[str] = (),
+            lookup: Optional[Lookup] = None) -> Explanation:
+    """Evaluate one case as the milter would, recording every step of the SPF evaluation
+    (through ``lookup``, by default the milter's own DNS client for ``config``)."""
     try:
         client_ip = normalise_ip(ip)
     except ValueError:
@@ -390,8 +393,7 @@ def explain(config: Config, ip: str, helo: str, sender: str, recipient: str,
     def tracing_query(identity, *args):  # the Verifier's own evaluation, observed step by step
         return queries.setdefault(identity, _TracingQuery(*args))
 
-    service = make_service(config)
-    verifier = Verifier(service.dns, config.receiver, config.dns_timeout, query_factory=tracing_query)
+    verifier = Verifier(lookup or make_service(config).dns, config.receiver, config.dns_timeout, query_factory=tracing_query)
     facts = Facts(client_ip=client_ip, helo=helo.strip(),
                   sender=parse_envelope_address(sender).text, auth_user=auth_user or None)
     evaluation = evaluate(facts, config, verifier.verify)

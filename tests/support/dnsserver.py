@@ -627,6 +627,21 @@ class DNSServer:
             response.authority = [self._negative_soa_rrset(qname)]
         return self._render(response, query, proto), delay
 
+    def resolve(self, name: str, rtype: str) -> tuple[str, list[dns.rrset.RRset]]:
+        """What a query for ``name``/``rtype`` would get, in process (nothing on the wire, no
+        latency): ``("answer", rrsets)`` (CNAMEs followed; NODATA is an empty list),
+        ``("nxdomain", [])``, or the fault set for it ("servfail", "timeout", ...).  The query
+        is logged like one from the network, with protocol "local"."""
+        qname, qtype = _to_name(name), _to_rdtype(rtype)
+        qkey, tkey = _name_key(qname), dns.rdatatype.to_text(qtype)
+        with self._lock:
+            self._queries.append((qkey, tkey, "local"))
+            mode = self._fault_for(qkey, tkey)
+            if mode not in (None, "truncate"):
+                return mode, []
+            rcode, answer = self._lookup(qname, qtype)
+        return ("nxdomain" if rcode == dns.rcode.NXDOMAIN else "answer"), answer
+
     def _negative_soa_rrset(self, qname: dns.name.Name) -> dns.rrset.RRset:
         labels = qname.labels
         apex = dns.name.Name(labels[-3:]) if len(labels) >= 3 else qname  # the last two labels

@@ -25,6 +25,7 @@ from spfmilter.explain import (
 )
 from spfmilter.verify import Identity, SpfOutcome, SpfResult
 from tests.support.terminal import safe_lines
+from tests.support.zonelookup import ZoneLookup
 
 CONFIG = parse_text("authserv_id = mx.test\n")
 IP = "198.51.100.1"
@@ -298,6 +299,23 @@ def test_tracing_query_records_a_syntax_error():
         ("ip4:192.0.2.0/24", ""), ("bogus:thing", "Unknown mechanism found: bogus:thing")]
     assert not any(t.tried for t in top.terms)  # terms are parsed before any is evaluated
     assert top.result == "permerror"
+
+
+def test_explain_through_a_dict_backed_lookup():
+    """explain() takes any dns.Lookup: the whole trace, include and its DNS steps, without a socket."""
+    zone = ZoneLookup({"example.com": {"TXT": "v=spf1 include:_spf.example.com -all"},
+                       "_spf.example.com": {"TXT": "v=spf1 ip4:198.51.100.0/24 -all"},
+                       "mx.example.com": {"TXT": "v=spf1 a -all", "A": IP}})
+    explanation = ex.explain(CONFIG, IP, "mx.example.com", "a@example.com", "<b@mx.test>", lookup=zone)
+    helo, mailfrom = explanation.identities
+    assert (helo.outcome.result, mailfrom.outcome.result) == (SpfResult.PASS, SpfResult.PASS)
+    assert mailfrom.outcome.mechanism == "include:_spf.example.com"
+    assert [t.term for t in mailfrom.record.terms] == ["include:_spf.example.com", "-all"]
+    assert mailfrom.lookups == 1
+    assert ("_spf.example.com", "TXT", "local") in zone.queries
+    text = ex.format_explanation(explanation)
+    assert "TXT _spf.example.com -> \"v=spf1 ip4:198.51.100.0/24 -all\"" in text
+    assert "SMTP reply: 250 (accepted)" in text
 
 
 # --------------------------------------------------------------------------- options

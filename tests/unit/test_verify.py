@@ -1,6 +1,7 @@
-"""Tests for spfmilter.verify: Verifier.verify() against policies served by the loopback
-test DNS server, envelope parsing, RFC 7208 limits, the per-transaction time budget,
-and the HELO outcome cache.
+"""Tests for spfmilter.verify: Verifier.verify() against policies answered in process by a
+dict-backed Lookup (tests/support/zonelookup.py), envelope parsing, RFC 7208 limits, the
+HELO outcome cache, and the per-transaction time budget (through a real DnsClient and the
+loopback test DNS server, whose latency it needs).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from spfmilter.verify import (
     parse_envelope_address,
 )
 from tests.support.dnsserver import DNSServer
+from tests.support.zonelookup import ZoneLookup
 
 R = SpfResult
 CLIENT = "192.0.2.10"  # inside 192.0.2.0/24, the network most policies allow
@@ -95,20 +97,19 @@ FAULTS = {"servfail.example": "servfail", "refused.example": "refused"}
 
 
 @pytest.fixture(scope="module")
-def srv(dns_server):
-    dns_server.load(ZONE)
-    for name, mode in FAULTS.items():
-        dns_server.fault(name, mode)
-    return dns_server
+def srv() -> ZoneLookup:
+    """The test zone, answered in process: the dns.Lookup the Verifier is typed against."""
+    return ZoneLookup(ZONE, FAULTS)
 
 
 def client_for(srv: DNSServer, cache_size: int = 10000) -> DnsClient:
+    """A real DnsClient on a loopback DNS server (for the time budget tests)."""
     return DnsClient(make_resolver((DnsServer("127.0.0.1", srv.port),)), cache_size)
 
 
 @pytest.fixture
 def verifier(srv) -> Verifier:
-    return Verifier(client_for(srv), receiver="mx.test", budget=5.0)
+    return Verifier(srv, receiver="mx.test", budget=5.0)
 
 
 def queries_during(srv: DNSServer, action):
@@ -199,12 +200,12 @@ def test_problem_says_why(verifier, domain, fragment):
     (OTHER, R.FAIL, "-all"),
 ])
 def test_null_sender_is_checked_as_postmaster_at_helo(srv, sender, ip, result, mechanism):
-    verifier = Verifier(client_for(srv, cache_size=0), receiver="mx.test", budget=5.0)
+    verifier = Verifier(srv, receiver="mx.test", budget=5.0)
     (helo, mailfrom), log = queries_during(srv, lambda: verifier.verify(ip, HELO, sender))
     assert mailfrom == SpfOutcome(Identity.MAILFROM, result, HELO, f"postmaster@{HELO}",
                                   mechanism=mechanism)
     assert helo == SpfOutcome(Identity.HELO, result, HELO, f"postmaster@{HELO}", mechanism=mechanism)
-    assert log == [(HELO, "TXT", "udp")]  # one evaluation serves both identities
+    assert log == [(HELO, "TXT", "local")]  # one evaluation serves both identities (one lookup)
 
 
 def test_null_sender_with_unusable_helo_is_none_without_queries(verifier, srv):
@@ -296,7 +297,7 @@ def test_quoted_local_part_uses_the_domain_after_the_last_at(verifier, srv, ip, 
     assert outcome.result is result
     assert outcome.domain == "quoted.example"
     assert outcome.sender == sender
-    assert ("quoted.example", "TXT", "udp") in log
+    assert ("quoted.example", "TXT", "local") in log
     assert all(name in (HELO, "quoted.example") for name, _, _ in log)
 
 
@@ -432,7 +433,7 @@ def test_ptr_names_that_cannot_be_validated_are_skipped(ptr_srv, ip, result, mec
     """RFC 7208 section 5.5: a DNS error (here a CNAME loop, RFC 1034 section 3.6.2) while
     looking up a PTR name's addresses skips that name; one in the PTR lookup fails to match.
     Neither makes the whole check a temperror."""
-    verifier = Verifier(client_for(ptr_srv), receiver="mx.test", budget=5.0)
+    verifier = Verifier(ptr_srv, receiver="mx.test", budget=5.0)
     _, outcome = verifier.verify(ip, HELO, "dave@ptr.ptrs.example")
     assert (outcome.result, outcome.mechanism) == (result, mechanism)
 
@@ -440,7 +441,7 @@ def test_ptr_names_that_cannot_be_validated_are_skipped(ptr_srv, ip, result, mec
 @pytest.mark.parametrize("ip", [PTR_LOOP_ONLY, PTR_BROKEN])
 def test_p_macro_is_unknown_when_no_name_validates(ptr_srv, ip):
     """RFC 7208 section 7.3: with no validated name, or a DNS error, %{p} is "unknown"."""
-    verifier = Verifier(client_for(ptr_srv), receiver="mx.test", budget=5.0)
+    verifier = Verifier(ptr_srv, receiver="mx.test", budget=5.0)
     _, outcome = verifier.verify(ip, HELO, "dave@p.ptrs.example")
     assert (outcome.result, outcome.explanation) == (R.FAIL, "connect from unknown")
 
@@ -473,7 +474,7 @@ def test_processing_limits(verifier, domain, ip, result, mechanism, problem):
 
 
 def test_include_loop_stops_at_the_lookup_limit(srv):
-    verifier = Verifier(client_for(srv, cache_size=0), receiver="mx.test", budget=5.0)
+    verifier = Verifier(srv, receiver="mx.test", budget=5.0)
     (_, outcome), log = queries_during(srv, lambda: verifier.verify(CLIENT, HELO, "dave@loop-a.example"))
     assert outcome.result is R.PERMERROR
     loop_queries = [name for name, _, _ in log if name.startswith("loop-")]
@@ -518,7 +519,7 @@ def test_budget_starts_afresh_for_each_transaction():
 
 def test_helo_outcome_is_reused_for_the_same_ip_and_helo(srv):
     # No DNS cache, so any reuse is the Verifier's own.
-    verifier = Verifier(client_for(srv, cache_size=0), receiver="mx.test", budget=5.0)
+    verifier = Verifier(srv, receiver="mx.test", budget=5.0)
     before = srv.query_count("reuse.example")
     first, _ = verifier.verify(CLIENT, "reuse.example", "a@pass.example")
     second, _ = verifier.verify(CLIENT, "REUSE.example", "b@softfail.example")
@@ -530,7 +531,7 @@ def test_helo_outcome_is_reused_for_the_same_ip_and_helo(srv):
 
 
 def test_helo_temperror_is_not_reused(srv):
-    verifier = Verifier(client_for(srv, cache_size=0), receiver="mx.test", budget=5.0)
+    verifier = Verifier(srv, receiver="mx.test", budget=5.0)
     before = srv.query_count("servfail.example")
     for _ in range(2):
         helo, _ = verifier.verify(CLIENT, "servfail.example", SENDER)
