@@ -22,12 +22,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from spfmilter.srs import DAY, SrsKeys, forward, reverse
+from spfmilter.srs import SrsKeys, forward, reverse
 from tests.support.milterproc import ROOT, launch_milter
 from tests.support.mta import (contrib_main_cf, contrib_spfmilter_conf, return_path, socket_directory, srs_message,
                                wait_for_marked)
 from tests.support.postfix import PostfixInstance, postfix_available
-from tests.support.sessions import CLIENT_IP, HELO, write_secrets
+from tests.support.sessions import CLIENT_IP, HELO, forged_and_expired, write_secrets
 from tests.support.skips import require
 
 require(postfix_available, "private Postfix instances")
@@ -157,11 +157,7 @@ def test_bounce_to_an_srs_address_reaches_the_original_sender(sites):
 def test_forged_or_expired_srs_bounces_are_refused_at_rcpt(sites):
     run = uuid.uuid4().hex[:8]
     victim = "victim@pass.example"
-    genuine = forward(victim, SRS_DOMAIN, KEYS, time.time())
-    real_hash = genuine.split("=")[1]
-    fake_hash = next(h for h in ("AAAA", "BBBB") if h.lower() != real_hash.lower())
-    forged = genuine.replace(f"SRS0={real_hash}=", f"SRS0={fake_hash}=", 1)
-    expired = forward(victim, SRS_DOMAIN, KEYS, time.time() - 30 * DAY)
+    forged, expired = forged_and_expired(victim, KEYS, time.time())
     mark = sites.forwarder.log_mark()
     milter_mark = sites.milter.log_path.stat().st_size
 

@@ -43,11 +43,11 @@ from unittest import mock
 
 import pytest
 
-from spfmilter.srs import DAY, SrsKeys, forward, reverse
+from spfmilter.srs import SrsKeys, forward, reverse
 from tests.support.milterproc import launch_milter
 from tests.support.mta import contrib_milter_mc, return_path, srs_message
 from tests.support.sendmail import SendmailInstance, sendmail_available
-from tests.support.sessions import write_secrets
+from tests.support.sessions import forged_and_expired, write_secrets
 from tests.support.skips import require
 
 require(sendmail_available, "private Sendmail instances")
@@ -190,11 +190,7 @@ def test_bounce_to_an_srs_address_is_delivered_to_the_original_sender(site):
 def test_forged_or_expired_srs_bounces_are_refused_at_rcpt(site):
     run = uuid.uuid4().hex[:8]
     victim = "victim@mx.test"
-    genuine = forward(victim, SRS_DOMAIN, KEYS, time.time())
-    real_hash = genuine.split("=")[1]
-    fake_hash = next(h for h in ("AAAA", "BBBB") if h.lower() != real_hash.lower())
-    forged = genuine.replace(f"SRS0={real_hash}=", f"SRS0={fake_hash}=", 1)
-    expired = forward(victim, SRS_DOMAIN, KEYS, time.time() - 30 * DAY)
+    forged, expired = forged_and_expired(victim, KEYS, time.time())
     offset = site.milter.log_path.stat().st_size
 
     for address, reason in ((forged, "bad-hash"), (expired, "expired")):

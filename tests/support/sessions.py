@@ -13,7 +13,7 @@ from pathlib import Path
 
 import authres
 
-from spfmilter.srs import SrsKeys
+from spfmilter.srs import DAY, SrsKeys, forward
 from tests.support.dkimsign import split_message
 from tests.support.milterclient import SMFIP_HDR_LEADSPC
 
@@ -95,6 +95,16 @@ def ar_results(mods):
 SECRET = "milter-test-secret-0123"
 KEYS = SrsKeys((SECRET.encode(),))
 SRS_DOMAIN = "srs.mx.test"
+
+
+def forged_and_expired(victim: str, keys: SrsKeys, now: float) -> tuple[str, str]:
+    """Two bounce addresses for ``victim`` we must refuse: our SRS0 address with a wrong hash
+    (a hash that is not the real one in any case), and a genuine one signed 30 days ago."""
+    genuine = forward(victim, SRS_DOMAIN, keys, now)
+    real_hash = genuine.split("=")[1]
+    fake_hash = next(h for h in ("AAAA", "BBBB") if h.lower() != real_hash.lower())
+    forged = genuine.replace(f"SRS0={real_hash}=", f"SRS0={fake_hash}=", 1)
+    return forged, forward(victim, SRS_DOMAIN, keys, now - 30 * DAY)
 
 
 def write_secrets(path: Path, secret: str = SECRET) -> Path:
