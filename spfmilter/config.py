@@ -211,17 +211,9 @@ def parse_socket(text: str) -> SocketSpec:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"inet6 needs an IPv6 address, got {host!r}") from None
-    elif not _is_ipv4(host) and not is_hostname(host):
+    elif not is_hostname(host):  # an IPv4 address is a name of digit labels too
         raise ValueError(f"bad host {host!r}")
     return SocketSpec(kind, host, port)
-
-
-def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-        return True
-    except ValueError:
-        return False
 
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
