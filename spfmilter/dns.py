@@ -29,14 +29,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import dns.exception
 import dns.message
 import dns.name
 import dns.rdatatype
 import dns.resolver
-import dns.rrset
 
 SUPPORTED_TYPES = ("A", "AAAA", "MX", "PTR", "TXT")
 MAX_CACHE_TTL = 86400
@@ -100,18 +99,13 @@ class TtlCache:
 
     def get(self, key: tuple[str, str]) -> Optional[Answer]:
         with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
+            entry = self._data.pop(key, None)  # put back below, as the most recently used, unless expired
+            if entry is None or entry[0] <= self._clock():
                 self.misses += 1
                 return None
-            expires, value = entry
-            if expires <= self._clock():
-                del self._data[key]
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
+            self._data[key] = entry
             self.hits += 1
-            return value
+            return entry[1]
 
     def put(self, key: tuple[str, str], value: Answer, ttl: float) -> None:
         if self._size <= 0 or ttl <= 0:
@@ -234,7 +228,7 @@ class DnsClient:
             raise DnsTempError(f"DNS name too long after DNAME for {key[0]}") from None
         except dns.exception.DNSException as exc:
             raise DnsTempError(f"DNS error for {key[0]}/{qtype}: {exc.__class__.__name__}") from None
-        values = tuple(_convert(qtype, answer.rrset)) if answer.rrset is not None else ()
+        values = tuple(map(_CONVERT[qtype], answer.rrset)) if answer.rrset is not None else ()
         ttl = max(0.0, answer.expiration - time.time())
         if not values:
             # RFC 2308 section 5: NODATA lives for min(SOA TTL, SOA MINIMUM), which
@@ -267,18 +261,13 @@ class DnsClient:
         raise dns.resolver.LifetimeTimeout(timeout=0.0, errors=[])
 
 
-def _convert(qtype: str, rrset: dns.rrset.RRset) -> list:
-    out = []
-    for rdata in rrset:
-        if qtype in ("A", "AAAA"):
-            out.append(rdata.address)
-        elif qtype == "MX":
-            out.append((rdata.preference, rdata.exchange.to_text(omit_final_dot=True)))
-        elif qtype == "PTR":
-            out.append(rdata.target.to_text(omit_final_dot=True))
-        elif qtype == "TXT":
-            out.append(tuple(rdata.strings))
-    return out
+_CONVERT: dict[str, Callable[[Any], object]] = {  # one record's data as pyspf wants it, per SUPPORTED_TYPES
+    "A": lambda rdata: rdata.address,
+    "AAAA": lambda rdata: rdata.address,
+    "MX": lambda rdata: (rdata.preference, rdata.exchange.to_text(omit_final_dot=True)),
+    "PTR": lambda rdata: rdata.target.to_text(omit_final_dot=True),
+    "TXT": lambda rdata: tuple(rdata.strings),
+}
 
 
 def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> float:
