@@ -29,13 +29,14 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import dns.exception
 import dns.message
 import dns.name
 import dns.rdatatype
 import dns.resolver
+import dns.rrset
 
 SUPPORTED_TYPES = ("A", "AAAA", "MX", "PTR", "TXT")
 MAX_CACHE_TTL = 86400
@@ -228,7 +229,7 @@ class DnsClient:
             raise DnsTempError(f"DNS name too long after DNAME for {key[0]}") from None
         except dns.exception.DNSException as exc:
             raise DnsTempError(f"DNS error for {key[0]}/{qtype}: {exc.__class__.__name__}") from None
-        values = tuple(map(_CONVERT[qtype], answer.rrset)) if answer.rrset is not None else ()
+        values = tuple(_convert(qtype, answer.rrset)) if answer.rrset is not None else ()
         ttl = max(0.0, answer.expiration - time.time())
         if not values:
             # RFC 2308 section 5: NODATA lives for min(SOA TTL, SOA MINIMUM), which
@@ -261,13 +262,18 @@ class DnsClient:
         raise dns.resolver.LifetimeTimeout(timeout=0.0, errors=[])
 
 
-_CONVERT: dict[str, Callable[[Any], object]] = {  # one record's data as pyspf wants it, per SUPPORTED_TYPES
-    "A": lambda rdata: rdata.address,
-    "AAAA": lambda rdata: rdata.address,
-    "MX": lambda rdata: (rdata.preference, rdata.exchange.to_text(omit_final_dot=True)),
-    "PTR": lambda rdata: rdata.target.to_text(omit_final_dot=True),
-    "TXT": lambda rdata: tuple(rdata.strings),
-}
+def _convert(qtype: str, rrset: dns.rrset.RRset) -> list:
+    out = []
+    for rdata in rrset:
+        if qtype in ("A", "AAAA"):
+            out.append(rdata.address)
+        elif qtype == "MX":
+            out.append((rdata.preference, rdata.exchange.to_text(omit_final_dot=True)))
+        elif qtype == "PTR":
+            out.append(rdata.target.to_text(omit_final_dot=True))
+        elif qtype == "TXT":
+            out.append(tuple(rdata.strings))
+    return out
 
 
 def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> float:
