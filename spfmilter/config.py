@@ -88,6 +88,9 @@ class DnsServer:
     address: str
     port: int = 53
 
+    def __str__(self) -> str:  # as dns_servers is written: IP:PORT, [IPv6]:PORT
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -228,9 +231,8 @@ def is_hostname(text: str) -> bool:
     """A syntactically valid host/domain name (LDH labels, underscores tolerated)."""
     if not text or len(text) > 253:
         return False
-    if text.endswith("."):  # one trailing dot (a fully qualified name); "a.b.." is no name
-        text = text[:-1]
-    return all(_LABEL.match(label) for label in text.split("."))
+    # one trailing dot (a fully qualified name) may go; "a.b.." is no name
+    return all(_LABEL.match(label) for label in text.removesuffix(".").split("."))
 
 
 def parse_networks(text: str) -> tuple[Network, ...]:
@@ -598,11 +600,7 @@ def format_value(value: object, name: str = "") -> str:
     if isinstance(value, frozenset):
         return ", ".join(sorted(value))
     if isinstance(value, tuple):
-        return ", ".join(
-            f"[{v.address}]:{v.port}" if isinstance(v, DnsServer) and ":" in v.address
-            else f"{v.address}:{v.port}" if isinstance(v, DnsServer) else str(v)
-            for v in value
-        )
+        return ", ".join(map(str, value))
     if isinstance(value, int) and not isinstance(value, bool) and value == 0 and name == "workers":
         return "auto"
     if name == "socket_mode":
