@@ -88,6 +88,9 @@ class DnsServer:
     address: str
     port: int = 53
 
+    def __str__(self) -> str:  # as dns_servers is written: IP:PORT, [IPv6]:PORT
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -158,15 +161,20 @@ class Config:
 # Each parser takes the raw text and returns the typed value, or raises ValueError
 # with a message that tells the admin what is expected.
 
-def _enum_parser(kind: type[enum.Enum]) -> Callable[[str], enum.Enum]:
-    def parse(text: str) -> enum.Enum:
-        try:
-            return kind(text.strip().lower())
-        except ValueError:
-            allowed = ", ".join(m.value for m in kind)
-            raise ValueError(f"expected one of: {allowed}") from None
+def _choice_parser(*choices: str, expected: str = "") -> Callable[[str], str]:
+    """A parser for one of ``choices`` (in any case); ``expected`` words the error, else it lists them."""
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(expected or f"expected one of: {', '.join(choices)}")
+        return value
 
     return parse
+
+
+def _enum_parser(kind: type[enum.Enum]) -> Callable[[str], enum.Enum]:
+    choose = _choice_parser(*(member.value for member in kind))
+    return lambda text: kind(choose(text))
 
 
 def whole_number(text: str, low: int, high: float, problem: str) -> int:
@@ -211,17 +219,9 @@ def parse_socket(text: str) -> SocketSpec:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"inet6 needs an IPv6 address, got {host!r}") from None
-    elif not _is_ipv4(host) and not is_hostname(host):
+    elif not is_hostname(host):  # an IPv4 address is a name of digit labels too
         raise ValueError(f"bad host {host!r}")
     return SocketSpec(kind, host, port)
-
-
-def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-        return True
-    except ValueError:
-        return False
 
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
@@ -231,9 +231,8 @@ def is_hostname(text: str) -> bool:
     """A syntactically valid host/domain name (LDH labels, underscores tolerated)."""
     if not text or len(text) > 253:
         return False
-    if text.endswith("."):  # one trailing dot (a fully qualified name); "a.b.." is no name
-        text = text[:-1]
-    return all(_LABEL.match(label) for label in text.split("."))
+    # one trailing dot (a fully qualified name) may go; "a.b.." is no name
+    return all(_LABEL.match(label) for label in text.removesuffix(".").split("."))
 
 
 def parse_networks(text: str) -> tuple[Network, ...]:
@@ -362,23 +361,6 @@ def parse_path(text: str) -> str:
     return value
 
 
-def parse_log_level(text: str) -> str:
-    value = text.strip().lower()
-    if value not in ("debug", "info", "warning", "error"):
-        raise ValueError("expected debug, info, warning or error")
-    return value
-
-
-_FACILITIES = ("mail", "daemon", "user") + tuple(f"local{i}" for i in range(8))
-
-
-def parse_facility(text: str) -> str:
-    value = text.strip().lower()
-    if value not in _FACILITIES:
-        raise ValueError(f"expected one of: {', '.join(_FACILITIES)}")
-    return value
-
-
 def parse_optional_hostname(text: str) -> str:
     value = text.strip().lower().rstrip(".")
     if value and not is_hostname(value):
@@ -414,13 +396,6 @@ def parse_listen(text: str) -> str:
             ipaddress.ip_address(host)
         except ValueError:
             raise ValueError(f"bad address {host!r}") from None
-    return value
-
-
-def parse_separator(text: str) -> str:
-    value = text.strip()
-    if value not in ("=", "+", "-"):
-        raise ValueError("expected =, + or -")
     return value
 
 
@@ -484,8 +459,10 @@ KEYS: tuple[Key, ...] = (
         "A symbolic link at this path stops the start; a file there is replaced, not written through."),
     Key("log_destination", _enum_parser(LogDestination), "stderr",
         "`stderr` or `syslog` (via /dev/log)."),
-    Key("log_level", parse_log_level, "info", "`debug`, `info`, `warning` or `error`."),
-    Key("syslog_facility", parse_facility, "mail", "Syslog facility when log_destination = syslog."),
+    Key("log_level", _choice_parser("debug", "info", "warning", "error", expected="expected debug, info, warning or error"),
+        "info", "`debug`, `info`, `warning` or `error`."),
+    Key("syslog_facility", _choice_parser("mail", "daemon", "user", *(f"local{i}" for i in range(8))), "mail",
+        "Syslog facility when log_destination = syslog."),
     Key("srs_domain", parse_optional_hostname, "",
         "Domain of our SRS addresses; setting it turns SRS on. The MTA must accept any address in it "
         "(see README, SRS)."),
@@ -496,7 +473,8 @@ KEYS: tuple[Key, ...] = (
     Key("srs_hash_min_length", _int_parser(1, 27), "4",
         "Shortest signature accepted when an SRS address comes back (at most srs_hash_length)."),
     Key("srs_max_age", _int_parser(1, 1000, " days"), "21", "Days an SRS address stays valid for bounces."),
-    Key("srs_separator", parse_separator, "=", "Character after `SRS0`/`SRS1` in the addresses we write: `=`, `+` or `-`."),
+    Key("srs_separator", _choice_parser("=", "+", "-", expected="expected =, + or -"), "=",
+        "Character after `SRS0`/`SRS1` in the addresses we write: `=`, `+` or `-`."),
     Key("local_domains", parse_domains, "",
         "Domains delivered on this host: senders in them keep their address when the client is trusted "
         "or logged in (from anyone else they are rewritten), recipients outside them count as forwarded."),
@@ -622,11 +600,7 @@ def format_value(value: object, name: str = "") -> str:
     if isinstance(value, frozenset):
         return ", ".join(sorted(value))
     if isinstance(value, tuple):
-        return ", ".join(
-            f"[{v.address}]:{v.port}" if isinstance(v, DnsServer) and ":" in v.address
-            else f"{v.address}:{v.port}" if isinstance(v, DnsServer) else str(v)
-            for v in value
-        )
+        return ", ".join(map(str, value))
     if isinstance(value, int) and not isinstance(value, bool) and value == 0 and name == "workers":
         return "auto"
     if name == "socket_mode":

@@ -135,9 +135,7 @@ def load_org_domains(paths: Iterable[str] = (DEBIAN_PSL,)) -> OrgDomains:
 
 def _a_label(domain: str) -> Optional[str]:
     """``domain`` lower-cased, without its trailing dot, with IDNA A-labels; None if malformed."""
-    name = (domain or "").strip().lower()
-    if name.endswith("."):
-        name = name[:-1]
+    name = (domain or "").strip().lower().removesuffix(".")
     if not name.isascii():
         try:
             name = name.encode("idna").decode("ascii")
@@ -274,15 +272,9 @@ def verify(message: bytes, txt: Callable[[str], Optional[bytes]], mail_from_doma
 
 def _bounded(results: list, verified: set) -> list:
     """The verified results and the first others, MAX_REPORTED in all, in header order."""
-    room = MAX_REPORTED - len(verified)
-    kept = []
-    for index, result in enumerate(results):
-        if index in verified:
-            kept.append(result)
-        elif room > 0:
-            kept.append(result)
-            room -= 1
-    return kept
+    others = [index for index in range(len(results)) if index not in verified]
+    kept = verified.union(others[:max(0, MAX_REPORTED - len(verified))])
+    return [result for index, result in enumerate(results) if index in kept]
 
 
 def _signature_values(header_block: bytes) -> list:

@@ -100,18 +100,13 @@ class TtlCache:
 
     def get(self, key: tuple[str, str]) -> Optional[Answer]:
         with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
+            entry = self._data.pop(key, None)  # put back below, as the most recently used, unless expired
+            if entry is None or entry[0] <= self._clock():
                 self.misses += 1
                 return None
-            expires, value = entry
-            if expires <= self._clock():
-                del self._data[key]
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
+            self._data[key] = entry
             self.hits += 1
-            return value
+            return entry[1]
 
     def put(self, key: tuple[str, str], value: Answer, ttl: float) -> None:
         if self._size <= 0 or ttl <= 0:

@@ -198,14 +198,11 @@ class _TracingQuery(verify._Query):
         step = DnsStep(str(name).rstrip("."), qtype)
         try:
             result = super().dns(name, qtype, cnames, ignore_void)
-        except spf.TempError as exc:
+        except (spf.TempError, spf.PermError) as exc:
             step.error = str(exc)
-            self._trace_sink().append(step)
-            raise
-        except spf.PermError as exc:  # the void lookup limit
-            step.error = str(exc)
-            step.void = self.void_lookups if self.void_lookups > voids else 0
-            step.nxdomain = bool(self._trace_client.last and self._trace_client.last.nxdomain)
+            if isinstance(exc, spf.PermError):  # the void lookup limit
+                step.void = self.void_lookups if self.void_lookups > voids else 0
+                step.nxdomain = bool(self._trace_client.last and self._trace_client.last.nxdomain)
             self._trace_sink().append(step)
             raise
         answer = self._trace_client.last
@@ -535,8 +532,7 @@ def format_record(record: RecordStep, client_ip: str, indent: int = 2) -> list[s
     via = {"top": "", "include": " (included)", "redirect": " (redirect=)"}.get(record.via, "")
     lines = [f"{pad}SPF record of {printable(record.domain, 300)}{via}"]
     inner = pad + "  "
-    for step in record.fetch:
-        lines.append(f"{inner}dns: {format_dns(step)}")
+    lines += [f"{inner}dns: {format_dns(step)}" for step in record.fetch]
     if record.text is None:
         if record.error:
             lines.append(f"{inner}=> {record.result or 'error'}: {printable(record.error)}")
@@ -557,8 +553,7 @@ def format_record(record: RecordStep, client_ip: str, indent: int = 2) -> list[s
                 lines.append(f"{inner}exp={domain} -> {quoted(text)}")
         elif note[0] == "redirect":
             lines.append(f"{inner}redirect= counted as DNS lookup {note[1]} of {spf.MAX_LOOKUP} allowed")
-    for step in record.dns:
-        lines.append(f"{inner}dns: {format_dns(step)}")
+    lines += [f"{inner}dns: {format_dns(step)}" for step in record.dns]
     width = _term_column(record.terms)
     tagged = any(t.lookup_no for t in record.terms)
     stopped = bool(record.error)
@@ -569,8 +564,7 @@ def format_record(record: RecordStep, client_ip: str, indent: int = 2) -> list[s
         reason = term_reason(term, client_ip, stopped)
         lines.append(f"{inner}{number:>2}. {printable(term.term, 300).ljust(width)}  {tag}{reason}".rstrip())
         detail = inner + "    "  # under the term's text
-        for step in term.dns:
-            lines.append(f"{detail}dns: {format_dns(step)}")
+        lines += [f"{detail}dns: {format_dns(step)}" for step in term.dns]
         if term.include is not None:
             lines.extend(format_record(term.include, client_ip, len(detail)))
     if record.redirect is not None:
@@ -609,8 +603,7 @@ def format_identity(trace: IdentityTrace, client_ip: str) -> list[str]:
         lines.append("  the null sender is checked as postmaster@<HELO name> (RFC 7208 section 2.4),")
         lines.append("  which is the HELO evaluation above")
     elif trace.record is not None:
-        for step in trace.dns:
-            lines.append(f"  dns: {format_dns(step)}")
+        lines += [f"  dns: {format_dns(step)}" for step in trace.dns]
         lines.extend(format_record(trace.record, client_ip))
     else:
         lines.append(f"  not evaluated: {printable(outcome.problem or 'no SPF check made')}")
@@ -639,8 +632,7 @@ def format_explanation(explanation: Explanation) -> str:
     if facts.auth_user:
         pairs.append(("auth user", printable(facts.auth_user)))
     lines = ["spfmilter explain"] + _label_lines(pairs)
-    for source in explanation.sources:
-        lines.append(f"  # {source}")
+    lines += [f"  # {source}" for source in explanation.sources]
     lines.append("")
     evaluation = explanation.evaluation
     if evaluation.skip_reason is not None:

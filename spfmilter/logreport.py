@@ -27,7 +27,7 @@ from datetime import date, timedelta
 from typing import Iterable, NamedTuple, Optional
 
 from .policy import Action
-from .text import clean
+from .text import clean, unquote
 
 RESULTS = frozenset(("Pass", "Fail", "Softfail", "Neutral", "None", "PermError", "TempError"))
 ACTIONS = frozenset(action.value for action in Action if action is not Action.SKIPPED)  # what a log line says
@@ -80,12 +80,6 @@ def _day(match: re.Match, today: date) -> Optional[date]:
     return None
 
 
-def _unquote(value: str) -> str:
-    if value.startswith('"'):
-        value = re.sub(r"\\(.)", r"\1", value[1:-1])
-    return clean(value)
-
-
 def parse_line(text: str, today: Optional[date] = None) -> Optional[Record]:
     """The record of one log line; None for lines that are not SPF result lines.
 
@@ -114,7 +108,7 @@ def parse_line(text: str, today: Optional[date] = None) -> Optional[Record]:
         key = found.group(1)
         if key in fields:
             return _broken(broken, f"duplicate {key}=")
-        fields[key] = _unquote(found.group(2))
+        fields[key] = clean(unquote(found.group(2)))  # _FIELD quotes a value whole or not at all
         position = found.end()
     identity, action = fields.get("identity", ""), fields.get("action", "")
     if action not in ACTIONS:

@@ -85,17 +85,16 @@ def _default_text(key: Key) -> str:
     return bold(key.default) if key.default else escape(f"({key.shown or 'empty'})")
 
 
-def _sample() -> list[str]:
-    return [
-        "# /etc/spfmilter/spfmilter.conf",
-        "socket = unix:/run/spfmilter/spfmilter.sock",
-        "mode = enforce",
-        "header_type = both",
-        "trusted_networks = loopback, 192.0.2.0/24, 2001:db8::/32",
-        "mailfrom_reject_results = fail, permerror",
-        "dns_servers = 127.0.0.1, [::1]:5353",
-        "log_destination = syslog",
-    ]
+_SAMPLE = (
+    "# /etc/spfmilter/spfmilter.conf",
+    "socket = unix:/run/spfmilter/spfmilter.sock",
+    "mode = enforce",
+    "header_type = both",
+    "trusted_networks = loopback, 192.0.2.0/24, 2001:db8::/32",
+    "mailfrom_reject_results = fail, permerror",
+    "dns_servers = 127.0.0.1, [::1]:5353",
+    "log_destination = syslog",
+)
 
 
 def render_conf5() -> str:
@@ -126,7 +125,7 @@ def render_conf5() -> str:
         out += [".TP", f"{bold(key.name)} = {_default_text(key)}", protect(inline(key.help))]
     out += [".SH EXAMPLES"]
     out += _para("Enforcing SPF on a unix socket, with both kinds of headers and a local resolver:")
-    out += _example(_sample())
+    out += _example(_SAMPLE)
     out += _para("Check a file before reloading the milter:")
     out += _example([f"spfmilter --check-config -c {DEFAULT_CONFIG_PATH}"])
     out += [".SH FILES", ".TP", bold(DEFAULT_CONFIG_PATH),
@@ -138,23 +137,20 @@ def render_conf5() -> str:
 
 # --------------------------------------------------------------------------- spfmilter(8)
 
-def _metavar(action: argparse.Action) -> Optional[str]:
+def _argument(action: argparse.Action) -> str:
+    """What follows an option that takes a value: a space and its metavar in italics; else ""."""
     if action.nargs == 0:
-        return None
+        return ""
     metavar = action.metavar or action.dest.upper()
-    return metavar if isinstance(metavar, str) else " ".join(metavar)
+    return " " + italic(metavar if isinstance(metavar, str) else " ".join(metavar))
 
 
 def _option_tag(action: argparse.Action) -> str:
-    metavar = _metavar(action)
-    names = ", ".join(bold(name) for name in action.option_strings)
-    return names + (" " + italic(metavar) if metavar else "")
+    return ", ".join(bold(name) for name in action.option_strings) + _argument(action)
 
 
 def _usage_item(action: argparse.Action) -> str:
-    name = action.option_strings[0]
-    metavar = _metavar(action)
-    text = bold(name) + (" " + italic(metavar) if metavar else "")
+    text = bold(action.option_strings[0]) + _argument(action)
     return text if action.required else f"[{text}]"
 
 
@@ -189,10 +185,6 @@ def _subparsers(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple
 def _positionals(parser: argparse.ArgumentParser) -> list[str]:
     return [italic(action.metavar or action.dest.upper()) for action in parser._actions
             if not action.option_strings and not isinstance(action, argparse._SubParsersAction)]
-
-
-def _synopsis_line(words: list[str], items: list[str]) -> list[str]:
-    return [".PP", " ".join(words + items)]
 
 
 def _option_entries(parser: argparse.ArgumentParser) -> list[str]:
@@ -235,10 +227,10 @@ def render_spfmilter8() -> str:
 
     out += [".SH SYNOPSIS"]
     top = [action for action in _options(parser) if action.dest not in ("help", "version")]
-    out += _synopsis_line([bold(prog)], [_usage_item(action) for action in top])
+    out += [".PP", " ".join([bold(prog)] + [_usage_item(action) for action in top])]
     for name, _help, sub in _subparsers(parser):
         items = [_usage_item(action) for action in _options(sub) if action.dest != "help"]
-        out += _synopsis_line([bold(prog), bold(name)], items + _positionals(sub))
+        out += [".PP", " ".join([bold(prog), bold(name)] + items + _positionals(sub))]
 
     out += [".SH DESCRIPTION"]
     out += _para(

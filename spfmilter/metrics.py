@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Optional
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -100,11 +99,6 @@ def prepare(user: str = "") -> str:
     return directory
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class MetricsServer:
     """The HTTP page in the main process, adding up the workers' files at each scrape."""
 
@@ -119,8 +113,8 @@ class MetricsServer:
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.directory)
-        host, port = split_listen(self.listen)
-        self._server, _ = start_http_server(port, addr=host, registry=registry)
+        host, _, port = self.listen.rpartition(":")  # HOST:PORT or [IPv6]:PORT (config.parse_listen)
+        self._server, _ = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -129,8 +123,6 @@ class MetricsServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_server(listen: str, user: str = "") -> Optional[MetricsServer]:
-    """Set up multiprocess mode for the page (started later by the supervisor); None when ``listen`` is empty."""
-    if not listen:
-        return None
+def start_server(listen: str, user: str = "") -> MetricsServer:
+    """Set up multiprocess mode for the page on ``listen`` (started later by the supervisor)."""
     return MetricsServer(listen, prepare(user))

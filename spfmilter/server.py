@@ -30,7 +30,7 @@ import Milter
 import milter
 
 from . import __version__
-from .config import Config, ConfigError, SocketSpec, load
+from .config import Config, ConfigError, SocketSpec, load, replace
 
 # The supervisor process imports only this, the config and pymilter; the SPF machinery
 # (pyspf, dnspython, authres: ~15 MB) is imported in the workers, after the fork.
@@ -81,19 +81,16 @@ def register(factory: Callable[[], "Milter.Base"], sessions: Sessions) -> None:
     arrived is answered per ``on_error``; an unreadable HELO name is no domain anyway).
     """
 
-    def instance_of(ctx):
-        instance = ctx.getpriv()
-        if instance is None:  # an MTA that does not negotiate, or a connect pymilter could not decode
-            instance = factory()
-            instance._setctx(ctx)
-            sessions.opened()
-        return instance
-
-    def negotiate(ctx, opts):
+    def opened(ctx):
         instance = factory()
         instance._setctx(ctx)
         sessions.opened()
-        return instance.negotiate(opts)
+        return instance
+
+    def instance_of(ctx):
+        instance = ctx.getpriv()
+        # None: an MTA that does not negotiate, or a connect pymilter could not decode
+        return opened(ctx) if instance is None else instance
 
     def close(ctx):
         instance = ctx.getpriv()
@@ -122,7 +119,7 @@ def register(factory: Callable[[], "Milter.Base"], sessions: Sessions) -> None:
         "spfmilter",
         data=lambda ctx: instance_of(ctx).data(),
         unknown=lambda ctx, cmd: instance_of(ctx).unknown(cmd),
-        negotiate=negotiate,
+        negotiate=lambda ctx, opts: opened(ctx).negotiate(opts),
     )
 
 
@@ -308,10 +305,7 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     try:
         check_socket_path(config.socket)
         milter.opensocket(True)  # True: remove a stale unix socket left by a crash
-    except ValueError as exc:
-        log.error("cannot listen on %s: %s", config.socket, exc)
-        return 1
-    except milter.error as exc:
+    except (ValueError, milter.error) as exc:
         log.error("cannot listen on %s: %s", config.socket, exc)
         return 1
     listener = find_listener(config.socket)
@@ -375,12 +369,6 @@ def start_metrics(listen: str, user: str):
     from .metrics import start_server
 
     return start_server(listen, user)
-
-
-def worker_metrics(listen: str):
-    from .metrics import for_worker
-
-    return for_worker(listen)
 
 
 def _unused_factory():  # pragma: no cover - the supervisor never runs libmilter's loop
@@ -535,10 +523,11 @@ def run_worker(config: Config, listener: int, drain_timeout: float, keep_link: O
     listener error), ``milter.main()`` returns and we still wait for the sessions it
     keeps serving.
     """
+    from .metrics import for_worker
     from .milter import SpfMilter
     from .service import make_service
 
-    service = make_service(config, srs_policy, worker_metrics(config.metrics_listen))
+    service = make_service(config, srs_policy, for_worker(config.metrics_listen))
     sessions = Sessions()
     register(lambda: SpfMilter(service), sessions)
     sys.stderr = _PymilterStderr()  # our log handler keeps the real stream
@@ -647,7 +636,7 @@ class Supervisor:
         changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
         if changed:
             log.warning("reload: %s cannot change without a restart; keeping the old value(s)", ", ".join(changed))
-            new = replace_fields(new, self.config, changed)
+            new = replace(new, **{name: getattr(self.config, name) for name in changed})
         self.config = new
         self.srs_policy = srs_policy
         logging.getLogger("spfmilter").setLevel(new.log_level.upper())
@@ -719,12 +708,6 @@ class Supervisor:
         # process on its way out (it is about to exit anyway).
         log.info("all workers stopped")
         return 0 if worst == 0 else 1
-
-
-def replace_fields(new: Config, old: Config, names: list) -> Config:
-    from dataclasses import replace
-
-    return replace(new, **{name: getattr(old, name) for name in names})
 
 
 def _unlink_quietly(path: str) -> None:

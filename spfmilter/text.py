@@ -25,21 +25,16 @@ def clean(text: object, limit: int = VALUE_LIMIT) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     text = str(text)
-    if text.isascii() and text.isprintable():  # the common case, checked at C speed
-        return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
-    out = []
-    for char in text:
-        category = unicodedata.category(char)
-        if category[0] == "C" or category in ("Zl", "Zp"):
-            out.append("?")  # controls, format chars, surrogates (undecodable bytes), unassigned
-        elif category == "Zs":
-            out.append(" ")
-        else:
-            out.append(char)
-    result = "".join(out)
-    if len(result) > limit:
-        result = result[: max(0, limit - 3)] + "..."
-    return result
+    if not (text.isascii() and text.isprintable()):  # the common case is checked at C speed
+        out = []
+        for char in text:
+            category = unicodedata.category(char)
+            if category[0] == "C" or category in ("Zl", "Zp"):
+                out.append("?")  # controls, format chars, surrogates (undecodable bytes), unassigned
+            else:
+                out.append(" " if category == "Zs" else char)
+        text = "".join(out)
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
 
 
 _NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -148,8 +143,7 @@ def fold(name: str, value: str, width: int = 78) -> str:
     value; libmilter wants bare LF for folding (the MTA writes CRLF).
     """
     lines: list[str] = []
-    current = f"{name}: "
-    prefix_len = len(current)
+    prefix_len = len(f"{name}: ")
     # Each run of spaces stays with the word after it and a break goes before the run,
     # so no line is white space only: RFC 5322 section 3.2.2 does not allow that (only
     # the obsolete syntax of section 4.2 does).  Trailing spaces stay on the last line.
@@ -187,9 +181,7 @@ def strip_comments(text: str) -> str:
             depth += 1
         elif char == ")" and depth:
             depth -= 1
-        elif depth:
-            pass
-        else:
+        elif not depth:
             out.append(char)
             if char == '"':
                 in_quote = True

@@ -76,11 +76,8 @@ def parse_received(value: str) -> Optional[tuple[str, str]]:
         ip = normalise_ip(match.group("ip"))
     except ValueError:
         return None
-    helo = match.group("helo")
-    exim = _EXIM_HELO.search(match.group("after"))
-    if exim:
-        helo = exim.group(1)
-    return ip, helo
+    exim = _EXIM_HELO.search(match.group("after"))  # Exim writes the HELO name as helo=
+    return ip, exim.group(1) if exim else match.group("helo")
 
 
 def received_spf_pairs(value: str) -> dict[str, str]:

@@ -56,18 +56,10 @@ class SpfOutcome:
     problem: Optional[str] = None  # why: permerror/temperror detail, or why no check was made
 
 
-class _Deadline:
-    """A per-transaction DNS time budget, shared by the HELO and MAIL FROM checks."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
-        self.at = clock() + seconds
-
-
 class _Query(spf.query):
-    """pyspf's query, with every DNS lookup sent through our Lookup under a deadline."""
+    """pyspf's query, with every DNS lookup sent through our Lookup by a deadline (the clock's time)."""
 
-    def __init__(self, ip: str, sender: str, helo: str, client: Lookup, deadline: _Deadline,
+    def __init__(self, ip: str, sender: str, helo: str, client: Lookup, deadline: float,
                  receiver: str):
         super().__init__(ip, sender, helo, receiver=receiver, querytime=0)
         self._client = client
@@ -80,7 +72,7 @@ class _Query(spf.query):
         if not name or not reduce(lambda ok, label: ok and 0 < len(label) < 64, name.split("."), True):
             return []
         try:
-            answer = self._client.lookup(name, qtype, self._deadline.at)
+            answer = self._client.lookup(name, qtype, self._deadline)
         except DnsTempError as exc:
             raise spf.TempError(str(exc)) from None
         result = list(answer.values)
@@ -175,15 +167,14 @@ class Verifier:
 
     def verify(self, ip: Optional[str], helo: str, sender: str) -> tuple[SpfOutcome, SpfOutcome]:
         """Both identities for one transaction, within one DNS time budget."""
+        address = parse_envelope_address(sender)
         if ip is None:  # SPF is a statement about an IP address; without one there is nothing to check
-            address = parse_envelope_address(sender)
             why = "client IP address unknown"
             return (SpfOutcome(Identity.HELO, SpfResult.NONE, "", f"postmaster@{helo}", problem=why),
                     SpfOutcome(Identity.MAILFROM, SpfResult.NONE, address.domain,
                                address.text or f"postmaster@{helo}", problem=why))
-        deadline = _Deadline(self._budget, self._clock)
+        deadline = self._clock() + self._budget  # one DNS time budget for the HELO and MAIL FROM checks
         helo_outcome = self._helo(ip, helo, deadline)
-        address = parse_envelope_address(sender)
         if not address.text:
             # RFC 7208 section 2.4: the null sender is checked as postmaster@<helo>,
             # which is exactly the HELO check.
@@ -192,7 +183,7 @@ class Verifier:
             mailfrom = self._check(Identity.MAILFROM, ip, helo, address, deadline)
         return helo_outcome, mailfrom
 
-    def _helo(self, ip: str, helo: str, deadline: _Deadline) -> SpfOutcome:
+    def _helo(self, ip: str, helo: str, deadline: float) -> SpfOutcome:
         key = (ip, helo.lower())
         cached = self._helo_cache.get(key)
         if cached is not None:
@@ -203,7 +194,7 @@ class Verifier:
         return outcome
 
     def _check(self, identity: Identity, ip: str, helo: str, address: Address,
-               deadline: _Deadline) -> SpfOutcome:
+               deadline: float) -> SpfOutcome:
         sender = address.text
         if identity is Identity.HELO and not is_spf_domain(address.domain):
             return SpfOutcome(identity, SpfResult.NONE, "", sender,
@@ -231,22 +222,17 @@ class Verifier:
             spf_result = SpfResult(result)
         except ValueError:  # "ambiguous" only occurs in pyspf's harsh mode
             spf_result = SpfResult.PERMERROR
-        mechanism = getattr(query, "mechanism", None)
-        problem = getattr(query, "prob", None) if spf_result in (SpfResult.PERMERROR, SpfResult.TEMPERROR) else None
-        domain_exp = None
-        if spf_result is SpfResult.FAIL and explanation and explanation != query.defexps.get("fail"):
-            domain_exp = explanation
-        if spf_result in (SpfResult.PASS, SpfResult.FAIL, SpfResult.SOFTFAIL, SpfResult.NEUTRAL):
-            mechanism = _mechanism_text(mechanism)
-        else:
-            mechanism = None
-        return SpfOutcome(identity, spf_result, address.domain, sender, mechanism=mechanism,
-                          explanation=domain_exp, problem=problem)
+        matched = spf_result in (SpfResult.PASS, SpfResult.FAIL, SpfResult.SOFTFAIL, SpfResult.NEUTRAL)
+        errored = spf_result in (SpfResult.PERMERROR, SpfResult.TEMPERROR)
+        own_exp = spf_result is SpfResult.FAIL and explanation and explanation != query.defexps.get("fail")
+        return SpfOutcome(identity, spf_result, address.domain, sender,
+                          mechanism=_mechanism_text(getattr(query, "mechanism", None)) if matched else None,
+                          explanation=explanation if own_exp else None,
+                          problem=getattr(query, "prob", None) if errored else None)
 
 
 def _mechanism_text(mechanism: object) -> str:
     """The matching term as text; RFC 7208 section 9.1 calls no match ``default``."""
     if not mechanism:
         return "default"
-    text = str(mechanism)
-    return re.sub(r"\s+", " ", text)
+    return re.sub(r"\s+", " ", str(mechanism))
