@@ -3,8 +3,11 @@
 #
 #   ./dev.sh test [PYTEST ARGS]   install everything needed (Debian packages, venv, Python
 #                                 dependencies) and run the whole test suite
-#   ./dev.sh run [SPFMILTER ARGS] install what is needed and run the milter in the foreground
-#                                 (built-in defaults: header-only, inet:8890@127.0.0.1, stderr)
+#   ./dev.sh run [SPFMILTER ARGS] the developer's way to run it: install only what running needs
+#                                 (a compiler and libmilter-dev for pymilter, the venv; never an MTA,
+#                                 never test tools) and run the milter from this checkout in the
+#                                 foreground (built-in defaults: header-only, inet:8890@127.0.0.1, stderr).
+#                                 Production: the Debian package or pip, see README "Installing it".
 #   ./dev.sh install              only install (including the RFC 7208 test suite, see below)
 #   ./dev.sh reliability          the full-size reliability run; writes docs/RELIABILITY.md
 #
@@ -13,16 +16,17 @@ set -eu
 
 cd "$(dirname "$0")"
 VENV=${SPFMILTER_VENV:-.venv}
-# Debian packages: the compiler and headers pymilter builds against, the Python venv
-# module, the MTAs the end-to-end tests drive, and the tools that check the man pages
-# and the systemd unit.
-PACKAGES="gcc libc6-dev python3 python3-dev python3-venv libmilter-dev postfix groff-base man-db systemd publicsuffix"
+# Debian packages.  Running needs the compiler and headers pymilter builds against, the
+# Python venv module and the Public Suffix List; the tests also need the MTA they drive
+# end to end and the tools that check the man pages and the systemd unit.
+RUN_PACKAGES="gcc libc6-dev python3 python3-dev python3-venv libmilter-dev publicsuffix"
+TEST_PACKAGES="$RUN_PACKAGES postfix groff-base man-db systemd"
 
 log() { printf 'dev.sh: %s\n' "$*" >&2; }
 
-install_packages() {
+install_packages() {  # the packages named as arguments
     missing=""
-    for pkg in $PACKAGES; do
+    for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
     done
     [ -z "$missing" ] && return 0
@@ -122,16 +126,16 @@ pick_python() {
     exit 1
 }
 
-install_venv() {
+install_venv() {  # $1: "test" adds the test tools (pytest, hypothesis, mypy, ...)
     if [ ! -x "$VENV/bin/python" ]; then
         python=$(pick_python)
         log "creating virtual environment $VENV with $python"
         "$python" -m venv "$VENV"
     fi
-    stamp="$VENV/.spfmilter-installed"
+    stamp="$VENV/.spfmilter-installed${1:+-$1}"
     if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
-        log "installing spfmilter and its Python dependencies into $VENV"
-        "$VENV/bin/python" -m pip install -q -e '.[test]'
+        log "installing spfmilter and its Python ${1:+$1 }dependencies into $VENV"
+        "$VENV/bin/python" -m pip install -q -e ".${1:+[$1]}"
         touch "$stamp"
     fi
 }
@@ -173,31 +177,31 @@ command=${1:-test}
 [ $# -gt 0 ] && shift
 case "$command" in
     install)
-        install_packages
+        install_packages $TEST_PACKAGES
         install_sendmail
         install_postsrsd
-        install_venv
+        install_venv test
         fetch_rfc_suite
         ;;
     test)
-        install_packages
+        install_packages $TEST_PACKAGES
         install_sendmail
         install_postsrsd
-        install_venv
+        install_venv test
         fetch_rfc_suite
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     run)
-        install_packages
+        install_packages $RUN_PACKAGES
         install_venv
         exec "$VENV/bin/spfmilter" "$@"
         ;;
     reliability)
         # the full-size reliability run (10,000 fuzzed, 100,000 soak sessions): docs/RELIABILITY.md
-        install_packages
+        install_packages $TEST_PACKAGES
         install_sendmail
         install_postsrsd
-        install_venv
+        install_venv test
         exec "$VENV/bin/python" -m tests.reliability.report --long --write docs/RELIABILITY.md "$@"
         ;;
     *)
