@@ -10,8 +10,10 @@ MTAS = {"postfix", "sendmail", "sendmail-bin", "exim4", "exim4-daemon-light", "o
 
 
 def packages(name: str) -> set[str]:
-    value = re.search(rf'^{name}="([^"]*)"$', DEV_SH, re.MULTILINE).group(1)
-    return set(value.replace("$RUN_PACKAGES", " ".join(packages("RUN_PACKAGES"))).split())
+    words = set(re.search(rf'^{name}="([^"]*)"$', DEV_SH, re.MULTILINE).group(1).split())
+    if "$RUN_PACKAGES" in words:
+        words = (words - {"$RUN_PACKAGES"}) | packages("RUN_PACKAGES")
+    return words
 
 
 def branch(command: str) -> str:
