@@ -227,6 +227,7 @@ command=${1:-test}
 case "$command" in
     install)
         install_packages
+        install_deb_tools
         install_sendmail
         install_postsrsd
         install_venv
@@ -234,6 +235,7 @@ case "$command" in
         ;;
     test)
         install_packages
+        install_deb_tools  # tests/package/ builds the .deb
         install_sendmail
         install_postsrsd
         install_venv
