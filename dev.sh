@@ -10,6 +10,8 @@
 #                                 Production: the Debian package or pip, see README "Installing it".
 #   ./dev.sh install              only install (including the RFC 7208 test suite, see below)
 #   ./dev.sh reliability          the full-size reliability run; writes docs/RELIABILITY.md
+#   ./dev.sh deb                  build the Debian package into dist/deb/ (installs the Debian
+#                                 build tools it needs); then: apt install ./dist/deb/spfmilter_*_all.deb
 #
 # Runs as root on Debian 12 (bookworm); idempotent, so it is cheap to run again.
 set -eu
@@ -115,6 +117,57 @@ install_postsrsd() {
     rm -rf "$tmp"
 }
 
+# The Debian package (debian/): built with debhelper and dh-python/pybuild from a copy of the
+# checkout (tracked and new files, not .venv or caches), so the tree stays clean; the .deb
+# and lintian's report land in $DEB_DIR.  Debian's own tools run with Debian's PATH: a
+# Python first on PATH (pyenv, a venv) would make pybuild use the wrong interpreter.
+DEB_BUILD_PACKAGES="build-essential fakeroot debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel lintian"
+DEB_DIR=${SPFMILTER_DEB_DIR:-dist/deb}
+DEBIAN_PATH=/usr/sbin:/usr/bin:/sbin:/bin
+
+install_deb_tools() {
+    install_packages $DEB_BUILD_PACKAGES
+}
+
+build_deb() {
+    version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' spfmilter/__init__.py)
+    changelog=$(PATH=$DEBIAN_PATH dpkg-parsechangelog -S Version)
+    if [ "$version" != "$changelog" ]; then
+        log "debian/changelog is at $changelog but spfmilter/__init__.py at $version: add a changelog entry (dch -v $version)"
+        exit 1
+    fi
+    tmp=$(mktemp -d)
+    src="$tmp/spfmilter-$version"
+    mkdir "$src"
+    if [ -e .git ] && command -v git >/dev/null 2>&1; then
+        git ls-files -z --cached --others --exclude-standard \
+            | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$src"
+    else
+        tar --exclude=./.venv --exclude=./dist --exclude=./build --exclude=./tests/data-cache \
+            --exclude='__pycache__' --exclude='*.egg-info' -cf - . | tar -xf - -C "$src"
+    fi
+    log "building spfmilter $version (.deb) in $tmp"
+    if ! (cd "$src" && env -u PYTHONPATH -u VIRTUAL_ENV PATH=$DEBIAN_PATH dpkg-buildpackage -b -us -uc >"$tmp/build.log" 2>&1); then
+        tail -n 40 "$tmp/build.log" >&2
+        log "dpkg-buildpackage failed; the whole log is $tmp/build.log"
+        exit 1
+    fi
+    mkdir -p "$DEB_DIR"
+    rm -f "$DEB_DIR"/spfmilter_*
+    mv "$tmp"/spfmilter_"$version"_all.deb "$tmp"/spfmilter_"$version"_*.buildinfo "$tmp"/spfmilter_"$version"_*.changes "$DEB_DIR"/
+    mv "$tmp/build.log" "$DEB_DIR/spfmilter_${version}_build.log"
+    rm -rf "$tmp"
+    deb="$DEB_DIR/spfmilter_${version}_all.deb"
+    # lintian: errors fail the build; warnings are shown (the README lists the ones kept)
+    PATH=$DEBIAN_PATH lintian --allow-root --tag-display-limit 0 "$deb" >"$DEB_DIR/lintian.txt" 2>&1 || true
+    cat "$DEB_DIR/lintian.txt" >&2
+    if grep -q '^E: ' "$DEB_DIR/lintian.txt"; then
+        log "lintian reports errors (above); $deb is not fit to install"
+        exit 1
+    fi
+    log "built $deb; install it with: apt install ./$deb"
+}
+
 pick_python() {
     for candidate in python3 /usr/bin/python3; do
         if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import venv, sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
@@ -178,6 +231,7 @@ command=${1:-test}
 case "$command" in
     install)
         install_packages $TEST_PACKAGES
+        install_deb_tools
         install_sendmail
         install_postsrsd
         install_venv test
@@ -185,6 +239,7 @@ case "$command" in
         ;;
     test)
         install_packages $TEST_PACKAGES
+        install_deb_tools  # tests/package/ builds the .deb
         install_sendmail
         install_postsrsd
         install_venv test
@@ -196,6 +251,10 @@ case "$command" in
         install_venv
         exec "$VENV/bin/spfmilter" "$@"
         ;;
+    deb)
+        install_deb_tools
+        build_deb
+        ;;
     reliability)
         # the full-size reliability run (10,000 fuzzed, 100,000 soak sessions): docs/RELIABILITY.md
         install_packages $TEST_PACKAGES
@@ -205,7 +264,7 @@ case "$command" in
         exec "$VENV/bin/python" -m tests.reliability.report --long --write docs/RELIABILITY.md "$@"
         ;;
     *)
-        echo "usage: $0 test|run|install|reliability [ARGS...]" >&2
+        echo "usage: $0 test|run|install|deb|reliability [ARGS...]" >&2
         exit 2
         ;;
 esac

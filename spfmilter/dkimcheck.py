@@ -46,13 +46,11 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import dkim
 import dkim.crypto
 import dkim.util
-from publicsuffixlist import PublicSuffixList
-
 from .config import is_hostname
 from .text import log_value
 
@@ -60,6 +58,9 @@ log = logging.getLogger("spfmilter.dkim")
 
 # Debian's publicsuffix package; preferred so that distribution updates apply.
 DEBIAN_PSL = "/usr/share/publicsuffix/public_suffix_list.dat"
+# The Public Suffix List libraries, in order of preference: PyPI's publicsuffixlist, and
+# publicsuffix2, which Debian 12 packages (python3-publicsuffix2) where it has no publicsuffixlist.
+PSL_LIBRARIES = ("publicsuffixlist", "publicsuffix2")
 
 MAX_VERIFIED = 3  # aligned signatures verified per message
 MAX_REPORTED = 8  # signatures reported (Authentication-Results, log) per message
@@ -97,11 +98,12 @@ class OrgDomains:
     """Organisational domains (RFC 7489 section 3.2) from one loaded Public Suffix List.
 
     Build it once per process with :func:`load_org_domains` and pass it on; it is
-    read-only after construction and safe to share between threads.
+    read-only after construction and safe to share between threads.  ``suffix_of`` is the
+    loaded list's lookup: the public suffix of a lower-case A-label name.
     """
 
-    def __init__(self, psl: PublicSuffixList, source: str):
-        self._psl = psl
+    def __init__(self, suffix_of: Callable[[str], str], source: str):
+        self._suffix_of = suffix_of
         self.source = source  # where the list came from, for the log
 
     def of(self, domain: str) -> Optional[str]:
@@ -110,7 +112,7 @@ class OrgDomains:
         name = _a_label(domain)
         if name is None or "." not in name:
             return None
-        return self._psl.privatesuffix(name)
+        return org_domain(name, self._suffix_of(name))
 
     def aligned(self, *domains: str) -> bool:
         """True when every one of ``domains`` has the same organisational domain (relaxed
@@ -119,18 +121,66 @@ class OrgDomains:
         return len(orgs) == 1 and None not in orgs
 
 
-def load_org_domains(paths: Iterable[str] = (DEBIAN_PSL,)) -> OrgDomains:
+def org_domain(name: str, suffix: str) -> Optional[str]:
+    """The public suffix of ``name`` and one label more (RFC 7489 section 3.2 step 3), None
+    when ``name`` is that suffix itself (or the lookup gave no suffix of ``name``)."""
+    if not suffix or name == suffix or not name.endswith("." + suffix):
+        return None
+    labels = name[:-len(suffix) - 1].split(".")
+    return f"{labels[-1]}.{suffix}"
+
+
+def _publicsuffixlist(lines: Optional[Sequence[str]]) -> Callable[[str], str]:
+    """publicsuffixlist's lookup, on ``lines`` or on the list bundled with the package."""
+    from publicsuffixlist import PublicSuffixList
+
+    # it converts the list's U-label rules to A-labels itself; unknown TLDs take the
+    # default rule "*" (accept_unknown, the list's algorithm)
+    psl = PublicSuffixList() if lines is None else PublicSuffixList(lines)
+    return lambda name: psl.publicsuffix(name) or ""
+
+
+def _publicsuffix2(lines: Optional[Sequence[str]]) -> Callable[[str], str]:
+    """publicsuffix2's lookup, on ``lines`` or on the list bundled with the package."""
+    from publicsuffix2 import PublicSuffixList
+
+    # idna=True: the rules (UTF-8 in the list) are converted to A-labels like our names;
+    # get_tld answers the public suffix, by the default rule "*" for unknown TLDs
+    psl = PublicSuffixList(None if lines is None else list(lines), idna=True)
+    return lambda name: psl.get_tld(name, wildcard=True, strict=False) or ""
+
+
+LOADERS = {"publicsuffixlist": _publicsuffixlist, "publicsuffix2": _publicsuffix2}
+
+
+def _library(libraries: Iterable[str]) -> str:
+    """The first of ``libraries`` that can be imported; ImportError naming them all if none."""
+    for name in libraries:
+        try:
+            __import__(name)
+        except ImportError:
+            continue
+        return name
+    raise ImportError("no Public Suffix List library: install publicsuffixlist (pip) or "
+                      "python3-publicsuffix2 (Debian); tried " + ", ".join(libraries))
+
+
+def load_org_domains(paths: Iterable[str] = (DEBIAN_PSL,),
+                     libraries: Iterable[str] = PSL_LIBRARIES) -> OrgDomains:
     """The Public Suffix List from the first readable file of ``paths``, else the copy that
-    comes with the publicsuffixlist package."""
+    comes with the library, looked up with the first importable of ``libraries``."""
+    library = _library(tuple(libraries))
+    loader = LOADERS[library]
     for path in paths:
         if not os.path.exists(path):
             continue
         try:
             with open(path, "rb") as handle:
-                return OrgDomains(PublicSuffixList(handle), path)
+                lines = handle.read().decode("utf-8").splitlines()
+            return OrgDomains(loader(lines), path)
         except (OSError, UnicodeError, ValueError) as exc:
             log.warning("cannot read the Public Suffix List %s (%s); using the bundled copy", path, exc)
-    return OrgDomains(PublicSuffixList(), "publicsuffixlist package")
+    return OrgDomains(loader(None), f"{library} package")
 
 
 def _a_label(domain: str) -> Optional[str]:

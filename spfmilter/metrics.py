@@ -7,14 +7,24 @@ figures are right however many workers there are, and survive a worker's restart
 
 Without ``metrics_listen`` the milter gets :data:`NO_METRICS`, whose methods do nothing,
 and prometheus_client is never imported.
+
+The page is served by a WSGI server of our own around prometheus_client's
+``make_wsgi_app``: its ``start_http_server`` gives back the server (to shut it down) only
+from 0.17 on, and Debian 12 ships 0.16.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
+import threading
+from socketserver import ThreadingMixIn
+from typing import Optional
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+MIN_PROMETHEUS = "0.16"  # Debian 12's python3-prometheus-client
 
 
 class Metrics:
@@ -99,30 +109,77 @@ def prepare(user: str = "") -> str:
     return directory
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """Scrapes are not logged (wsgiref would write a line per request to stderr)."""
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress does not hold up the stop
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def check_library() -> None:
+    """ValueError naming the version needed when prometheus_client cannot serve the page."""
+    try:
+        from prometheus_client import CollectorRegistry, make_wsgi_app  # noqa: F401
+        from prometheus_client.multiprocess import MultiProcessCollector  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"metrics_listen needs prometheus_client >= {MIN_PROMETHEUS} "
+                         f"(Debian: python3-prometheus-client; {_installed()}): {exc}") from None
+
+
+def _installed() -> str:
+    from importlib import metadata
+
+    try:
+        return "installed: " + metadata.version("prometheus_client")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 class MetricsServer:
     """The HTTP page in the main process, adding up the workers' files at each scrape."""
 
     def __init__(self, listen: str, directory: str):
         self.listen = listen
         self.directory = directory
-        self._server = None
+        self._server: Optional[WSGIServer] = None
 
     def start(self) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry, make_wsgi_app
         from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.directory)
         host, _, port = self.listen.rpartition(":")  # HOST:PORT or [IPv6]:PORT (config.parse_listen)
-        self._server, _ = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+        host = host.strip("[]")
+        server_class = _Server6 if ":" in host else _Server
+        self._server = make_server(host, int(port), make_wsgi_app(registry), server_class,
+                                   handler_class=_QuietHandler)
+        threading.Thread(target=self._server.serve_forever, name="spfmilter-metrics", daemon=True).start()
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def start_server(listen: str, user: str = "") -> MetricsServer:
-    """Set up multiprocess mode for the page on ``listen`` (started later by the supervisor)."""
-    return MetricsServer(listen, prepare(user))
+    """Set up multiprocess mode for the page on ``listen`` (started later by the supervisor);
+    ValueError when prometheus_client is missing or too old."""
+    directory = prepare(user)  # before prometheus_client is imported: it reads ENV then
+    try:
+        check_library()
+    except ValueError:
+        shutil.rmtree(directory, ignore_errors=True)
+        del os.environ[ENV]
+        raise
+    return MetricsServer(listen, directory)
