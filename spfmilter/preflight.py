@@ -19,6 +19,7 @@ import os
 import pwd
 import socket
 import stat
+import struct
 from dataclasses import dataclass
 from typing import Optional
 
@@ -92,6 +93,14 @@ def _has_uid(uid: int) -> bool:
     return True
 
 
+class ListenError(ValueError):
+    """Why a socket cannot be listened on; ``errno`` is the OS error number (0 if none)."""
+
+    def __init__(self, text: str, number: int = 0):
+        super().__init__(text)
+        self.errno = number
+
+
 def probe_listen(spec: SocketSpec) -> None:
     """ValueError saying why ``spec`` cannot be listened on, with the OS error; None if it can.
 
@@ -102,28 +111,45 @@ def probe_listen(spec: SocketSpec) -> None:
     if spec.family == "unix":
         path = spec.address
         if len(os.fsencode(path)) >= UNIX_PATH_MAX:
-            raise ValueError(f"{path}: path too long for a unix socket (at most {UNIX_PATH_MAX - 1} bytes)")
+            raise ListenError(f"{path}: path too long for a unix socket (at most {UNIX_PATH_MAX - 1} bytes)")
         directory = os.path.dirname(path) or "/"
         try:
             info = os.stat(directory)
         except OSError as exc:
-            raise ValueError(f"directory {directory}: {exc.strerror}") from None
+            raise ListenError(f"directory {directory}: {exc.strerror}", exc.errno) from None
         if not stat.S_ISDIR(info.st_mode):
-            raise ValueError(f"directory {directory}: {os.strerror(errno.ENOTDIR)}")
+            raise ListenError(f"directory {directory}: {os.strerror(errno.ENOTDIR)}", errno.ENOTDIR)
         if not os.access(directory, os.W_OK | os.X_OK):
-            raise ValueError(f"directory {directory}: {os.strerror(errno.EACCES)}")
+            raise ListenError(f"directory {directory}: {os.strerror(errno.EACCES)}", errno.EACCES)
         return
     family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
     try:
         address = socket.getaddrinfo(spec.address, spec.port, family, socket.SOCK_STREAM)[0][4]
     except socket.gaierror as exc:
-        raise ValueError(f"cannot resolve {spec.address}: {exc.strerror}") from None
+        raise ListenError(f"cannot resolve {spec.address}: {exc.strerror}") from None
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError as exc:
-            raise ValueError(f"{spec.address} port {spec.port}: {exc.strerror}") from None
+            raise ListenError(f"{spec.address} port {spec.port}: {exc.strerror}", exc.errno) from None
+
+
+def answers_as_milter(spec: SocketSpec, timeout: float = 2.0) -> bool:
+    """Whether something at ``spec`` answers a milter option negotiation (SMFIC_OPTNEG, milter
+    protocol version 6) with one of its own: then a milter, most likely ours, is running there."""
+    family = {"unix": socket.AF_UNIX, "inet6": socket.AF_INET6}.get(spec.family, socket.AF_INET)
+    address = spec.address if spec.family == "unix" else (spec.address, spec.port)
+    body = b"O" + struct.pack(">III", 6, 0x1FF, 0x1FFFFF)
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(timeout)
+            probe.connect(address)
+            probe.sendall(struct.pack(">I", len(body)) + body)
+            reply = probe.recv(5)
+    except OSError:
+        return False
+    return len(reply) == 5 and reply[4:5] == b"O"
 
 
 def risky_settings(config: Config) -> list[str]:
@@ -168,11 +194,20 @@ def startup_problems(config: Config) -> tuple[list[str], list[str]]:
             errors.append(f"socket_group: {exc.args[0]}")
     try:
         probe_listen(config.socket)
-    except ValueError as exc:
-        errors.append(f"socket {config.socket}: {exc}")
+    except ListenError as exc:
+        if exc.errno == errno.EADDRINUSE and answers_as_milter(config.socket):
+            # checked before a reload: the running daemon holds its own port
+            warnings.append(f"socket {config.socket}: a milter already listens there (a running spfmilter? "
+                            "a reload keeps it; a second instance would not start)")
+        else:
+            errors.append(f"socket {config.socket}: {exc}")
     else:
-        if config.socket.family == "unix" and identity is not None:
-            warnings += _removal_notes(config, identity)
+        if config.socket.family == "unix":
+            if answers_as_milter(config.socket):
+                warnings.append(f"socket {config.socket}: a milter already listens there (a running "
+                                "spfmilter? a reload keeps it; a second instance would take the path over)")
+            if identity is not None:
+                warnings += _removal_notes(config, identity)
     if config.pid_file:
         directory = os.path.dirname(config.pid_file)
         if not os.path.isdir(directory):

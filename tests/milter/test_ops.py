@@ -96,6 +96,26 @@ def test_check_config_checks_what_start_up_needs(tmp_path, busy_port):
     assert not (tmp_path / "m.sock").exists()
 
 
+@pytest.mark.parametrize("inet", [False, True], ids=["unix", "inet"])
+def test_check_config_beside_the_running_milter_is_no_error(start_milter, inet):
+    """Checked before a reload, the running daemon holds the port (or path): a warning, exit 0."""
+    milter = start_milter(inet=inet)
+    text = milter.config_path.read_text()
+    proc = spfmilter("--check-config", "-c", str(milter.config_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "a milter already listens there" in proc.stderr
+    # the same port held by something that is no milter: an error
+    if inet:
+        with socket.socket() as other:
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            port = other.getsockname()[1]
+            conf = milter.config_path.with_name("other.conf")
+            conf.write_text(text.replace(f"inet:{milter.addr[1]}@", f"inet:{port}@"))
+            proc = spfmilter("--check-config", "-c", str(conf))
+        assert proc.returncode == 2 and "Address already in use" in proc.stderr
+
+
 def test_a_closed_pipe_on_stdout_ends_quietly(tmp_path):
     """``spfmilter --check-config | head -1``: the reader is gone before we write (deterministic)."""
     conf = tmp_path / "c.conf"
