@@ -135,7 +135,7 @@ def probe_listen(spec: SocketSpec) -> None:
             raise ListenError(f"{spec.address} port {spec.port}: {exc.strerror}", exc.errno) from None
 
 
-def answers_as_milter(spec: SocketSpec, timeout: float = 2.0) -> bool:
+def answers_as_milter(spec: SocketSpec, timeout: float = 1.0) -> bool:
     """Whether something at ``spec`` answers a milter option negotiation (SMFIC_OPTNEG, milter
     protocol version 6) with one of its own: then a milter, most likely ours, is running there."""
     family = {"unix": socket.AF_UNIX, "inet6": socket.AF_INET6}.get(spec.family, socket.AF_INET)
