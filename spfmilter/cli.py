@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import logging
 import logging.handlers
 import os
+import pwd
+import signal
 import socket
 import sys
 from typing import Optional, Sequence
@@ -16,9 +19,42 @@ log = logging.getLogger("spfmilter")
 DEFAULT_RECIPIENT = "user@localhost"  # RCPT TO of a case evaluated by hand (check, explain)
 
 
-def setup_logging(config: Config, stream=None, syslog_address: str = "/dev/log") -> None:
+# sd-daemon(3) priority prefixes, as journald reads them from a stream (SyslogLevelPrefix=)
+JOURNAL_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for journald's stream: ``<N>message``, no time stamp and no ``spfmilter[pid]:``.
+
+    journald adds both (and the syslog facility the unit sets with SyslogFacility=), so a
+    line in mail.log or ``journalctl`` output reads like Postfix's own.  Each line of a
+    multi-line message (a traceback) gets the prefix, since journald splits at new lines.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = JOURNAL_PRIORITIES.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).split("\n"))
+
+
+def is_journal_stream(stream, environ=os.environ) -> bool:
+    """Whether ``stream`` is the journald stream systemd connected us to: $JOURNAL_STREAM holds
+    its ``device:inode`` (systemd.exec(5)), which a redirected stderr no longer matches."""
+    value = environ.get("JOURNAL_STREAM", "")
+    device, sep, inode = value.partition(":")
+    if not (sep and device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, AttributeError, ValueError):
+        return False
+    return (info.st_dev, info.st_ino) == (int(device), int(inode))
+
+
+def setup_logging(config: Config, stream=None, syslog_address: str = "/dev/log", environ=os.environ) -> None:
     """Route the ``spfmilter`` loggers to stderr or syslog, as configured.
 
+    On stderr under systemd (:func:`is_journal_stream`), lines carry sd-daemon priority
+    prefixes instead of our own time stamp and tag (:class:`JournalFormatter`).
     Raises OSError (naming the socket) when syslog is asked for but cannot be reached.
     """
     root = logging.getLogger("spfmilter")
@@ -35,9 +71,13 @@ def setup_logging(config: Config, stream=None, syslog_address: str = "/dev/log")
         handler: logging.Handler = logging.handlers.SysLogHandler(address=syslog_address, facility=facility)
         handler.setFormatter(logging.Formatter("spfmilter[%(process)d]: %(message)s"))
     else:
-        handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s spfmilter[%(process)d]: %(levelname)s: %(message)s"))
+        stream = stream or sys.stderr
+        handler = logging.StreamHandler(stream)
+        if is_journal_stream(stream, environ):
+            handler.setFormatter(JournalFormatter("%(message)s"))
+        else:
+            handler.setFormatter(logging.Formatter(
+                "%(asctime)s spfmilter[%(process)d]: %(levelname)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(config.log_level.upper())
     root.propagate = False
@@ -89,12 +129,18 @@ def _parser() -> argparse.ArgumentParser:
                     "create a secrets file.")
     srs_commands = srs.add_subparsers(dest="srs_command", metavar="ACTION", required=True)
     genkey = srs_commands.add_parser("genkey", help="create a secrets file with a new random secret",
-                                     description="Create FILE (mode 0600) with one new random secret. "
+                                     description="Create FILE with one new random secret, mode 0640 in "
+                                                 "the group the daemon runs as (the configuration's "
+                                                 "group, else its user's primary group, else spfmilter "
+                                                 "if that group exists), so a reload after the privilege "
+                                                 "drop can read it; with none of these, mode 0600. "
                                                  "With --rotate, put a new secret in front of the "
                                                  "existing ones: it signs from now on, the old ones "
                                                  "still verify until you remove them.")
     genkey.add_argument("file", metavar="FILE")
     genkey.add_argument("--rotate", action="store_true", help="add a new secret in front of the existing ones")
+    genkey.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
+                        help="configuration file whose user and group will read it (same default as above)")
     for name, text in (("forward", "print the SRS address for ADDRESS"),
                        ("reverse", "print the address an SRS address stands for, or why it is refused")):
         action = srs_commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
@@ -147,18 +193,42 @@ def _srs_policy(config: Config) -> tuple:
         return None, 2
 
 
-def srs_command(args, config: Optional[Config]) -> int:
+def secrets_group(config: Config) -> Optional[int]:
+    """The group that may read the SRS secrets file: the daemon's ``group``, else its ``user``'s
+    primary group, else ``spfmilter`` when that group exists; None when there is none of these.
+    KeyError with a sentence when a configured account does not exist."""
+    from .preflight import group_id
+
+    if config.group:
+        return group_id(config.group)
+    if config.user:
+        try:
+            return pwd.getpwnam(config.user).pw_gid
+        except KeyError:
+            raise KeyError(f"user {config.user!r} does not exist") from None
+    try:
+        return grp.getgrnam("spfmilter").gr_gid
+    except KeyError:
+        return None
+
+
+def srs_command(args, config: Config) -> int:
     import time
 
     from .srs import SecretsError, SrsError, forward, reverse, split_address, write_secrets_file
 
     if args.srs_command == "genkey":
         try:
-            write_secrets_file(args.file, rotate=args.rotate)
-        except (SecretsError, OSError) as exc:
-            print(f"spfmilter: {exc}", file=sys.stderr)
+            group = secrets_group(config)
+            write_secrets_file(args.file, rotate=args.rotate, group=group)
+        except (SecretsError, OSError, KeyError) as exc:
+            print(f"spfmilter: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
             return 1
-        print(f"{'added a new secret in front of' if args.rotate else 'wrote a new secret to'} {args.file}")
+        if args.rotate:
+            print(f"added a new secret in front of {args.file}")
+        else:
+            readable = f"mode 0640, group {grp.getgrgid(group).gr_name}" if group is not None else "mode 0600"
+            print(f"wrote a new secret to {args.file} ({readable})")
         return 0
     if not config.srs:
         print(f"spfmilter: srs_domain is not set in {config.source}", file=sys.stderr)
@@ -179,9 +249,22 @@ def srs_command(args, config: Optional[Config]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command; a reader that went away (``spfmilter --check-config | head -1``) ends
+    it quietly, as it would a shell tool killed by SIGPIPE, with that status (128 + 13)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # what is still buffered fails here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # Python's own flush at exit would print the error again: point stdout at /dev/null
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "srs" and args.srs_command == "genkey":
-        return srs_command(args, None)
     if args.command == "report":  # reads logs only; no configuration needed
         from . import logreport
 
@@ -199,6 +282,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         policy, status = _srs_policy(config)
         if status:
             return status
+        from .preflight import startup_problems
+
+        errors, warnings = startup_problems(config)
+        for warning in warnings:
+            print(f"spfmilter: warning: {warning}", file=sys.stderr)
+        if errors:
+            for error in errors:
+                print(f"spfmilter: {config.source}: {error}", file=sys.stderr)
+            return 2
         print(f"# {config.source}: configuration OK")
         if policy is not None:
             print(f"# SRS: {len(policy.keys.secrets)} secret(s), {len(policy.forwarded)} forwarded "

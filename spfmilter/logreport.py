@@ -2,8 +2,11 @@
 
 The log has one line per verified identity (:func:`spfmilter.headers.log_line`) and one
 per skipped transaction (:func:`spfmilter.headers.skip_line`), under a syslog prefix
-(``Nov 23 16:02:07 mx spfmilter[123]: ``), the stderr prefix
-(``2026-11-23 16:02:07,123 spfmilter[123]: INFO: ``) or none (``journalctl -o cat``).
+(``Nov 23 16:02:07 mx spfmilter[123]: ``, as in mail.log and ``journalctl -o short``; with
+fractions of a second as ``-o short-precise`` prints them), an ISO prefix (rsyslog's RFC 3339
+time stamps, ``journalctl -o short-iso``: ``2026-11-23T16:02:07+0100 mx spfmilter[123]: ``),
+the stderr prefix (``2026-11-23 16:02:07,123 spfmilter[123]: INFO: ``) or none
+(``journalctl -o cat``).  ``--journal`` runs ``journalctl`` itself.
 A message is one transaction: its HELO line is followed by its MAIL FROM line, and
 it is counted by the MAIL FROM line.  Both lines carry the transaction's action; the
 reply is on the line of the identity that decided (:func:`spfmilter.policy.decide`).
@@ -19,6 +22,7 @@ import gzip
 import html
 import io
 import re
+import subprocess
 import sys
 import zlib
 from collections import Counter
@@ -39,7 +43,7 @@ _MONTHS = {name: number for number, name in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 _TAG = r"spfmilter(?:\[(?P<pid>\d+)\])?:\s+(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):\s+)?"
 _SYSLOG = re.compile(
-    r"(?P<month>[A-Z][a-z]{2})\s+(?P<day>\d{1,2})\s+\d\d:\d\d:\d\d\s+(?:\S+\s+)??" + _TAG)
+    r"(?P<month>[A-Z][a-z]{2})\s+(?P<day>\d{1,2})\s+\d\d:\d\d:\d\d(?:\.\d+)?\s+(?:\S+\s+)??" + _TAG)
 _ISO = re.compile(r"(?P<date>\d{4}-\d\d-\d\d)[T ]\d\d:\d\d:\d\d\S*\s+(?:\S+\s+)??" + _TAG)
 _FIELD = re.compile(r'([a-z-]+)=("(?:[^"\\]|\\.)*"|[^\s;"]*)(?:; |$)')
 
@@ -414,7 +418,12 @@ def add_parser(subparsers) -> None:
         description="Read spfmilter's log (syslog or stderr format, plain or gzip; '-' is standard "
                     "input) and count per sender domain and result how many messages enforcement "
                     "would have refused (action=would-reject or would-defer).")
-    report.add_argument("logs", metavar="LOG", nargs="*", default=["-"], help="log files (default: stdin)")
+    report.add_argument("logs", metavar="LOG", nargs="*",
+                        help="log files, e.g. /var/log/mail.log (default: standard input, which must not "
+                             "be a terminal)")
+    report.add_argument("--journal", action="store_true",
+                        help=f"read the systemd journal instead: runs {' '.join(JOURNALCTL)} "
+                             "(with --since when given)")
     report.add_argument("--html", metavar="FILE", help="also write the report as a self-contained HTML page")
     report.add_argument("--top", metavar="N", type=_top_count, default=20,
                         help="how many of the most refused sender domains to list (default 20)")
@@ -424,16 +433,55 @@ def add_parser(subparsers) -> None:
                              "(the HELO name for the null sender)")
 
 
+JOURNALCTL = ("journalctl", "-u", "spfmilter", "-o", "short-iso", "--no-pager")
+NO_INPUT = ("standard input is a terminal: give the log as a file (e.g. /var/log/mail.log), pipe it in "
+            "(journalctl -u spfmilter -o short | spfmilter report -), or use --journal")
+
+
+def journal_command(since: Optional[date]) -> list[str]:
+    """The journalctl command line for --journal (short-iso: its time stamps carry the year)."""
+    return list(JOURNALCTL) + (["--since", since.isoformat()] if since else [])
+
+
 def run(args, out=None, stdin=None) -> int:
     """The report on ``out`` (default stdout), and the HTML page if asked; 2 when a file fails."""
     out = out if out is not None else sys.stdout
+    stdin = stdin if stdin is not None else sys.stdin.buffer
     today = date.today()
-    lines = _lines(args.logs, stdin if stdin is not None else sys.stdin.buffer)
+    if args.journal and args.logs:
+        print("spfmilter report: give log files or --journal, not both", file=sys.stderr)
+        return 2
+    if args.journal:
+        return _run_journal(args, out, today)
+    if not args.logs and stdin.isatty():  # nothing would ever come: say what we want instead
+        print(f"spfmilter report: {NO_INPUT}", file=sys.stderr)
+        return 2
+    lines = _lines(args.logs or ["-"], stdin)
     try:
         summary = summarise((parse_line(line, today) for line in lines), since=args.since, domain=args.domain)
     except ReadError as exc:
         print(f"spfmilter report: {exc}", file=sys.stderr)
         return 2
+    return _write(args, out, summary)
+
+
+def _run_journal(args, out, today: date) -> int:
+    command = journal_command(args.since)
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        print(f"spfmilter report: cannot run {command[0]}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    with proc:
+        text = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace")
+        summary = summarise((parse_line(line, today) for line in text), since=args.since, domain=args.domain)
+    if proc.returncode != 0:
+        print(f"spfmilter report: {' '.join(command)} exited with status {proc.returncode}", file=sys.stderr)
+        return 2
+    return _write(args, out, summary)
+
+
+def _write(args, out, summary) -> int:
     out.write(render_text(summary, args.top))
     if args.html:
         try:

@@ -87,7 +87,8 @@ def _default_text(key: Key) -> str:
 
 _SAMPLE = (
     "# /etc/spfmilter/spfmilter.conf",
-    "socket = unix:/run/spfmilter/spfmilter.sock",
+    "socket = unix:/var/spool/postfix/spfmilter/spfmilter.sock",
+    "socket_group = postfix",
     "mode = enforce",
     "header_type = both",
     "trusted_networks = loopback, 192.0.2.0/24, 2001:db8::/32",
@@ -126,6 +127,11 @@ def render_conf5() -> str:
     out += [".SH EXAMPLES"]
     out += _para("Enforcing SPF on a unix socket, with both kinds of headers and a local resolver:")
     out += _example(_SAMPLE)
+    out += _para("The socket is inside Postfix's queue directory because Debian runs " + bold("smtpd")
+                 + " chrooted there; " + bold("smtpd") + " sees it as " + bold("/spfmilter/spfmilter.sock")
+                 + ", so main.cf says " + bold("smtpd_milters = unix:/spfmilter/spfmilter.sock")
+                 + ". The default inet socket (" + bold("smtpd_milters = inet:127.0.0.1:8890")
+                 + ") works chrooted or not.")
     out += _para("Check a file before reloading the milter:")
     out += _example([f"spfmilter --check-config -c {DEFAULT_CONFIG_PATH}"])
     out += [".SH FILES", ".TP", bold(DEFAULT_CONFIG_PATH),

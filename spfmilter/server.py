@@ -31,6 +31,7 @@ import milter
 
 from . import __version__
 from .config import Config, ConfigError, SocketSpec, load, replace
+from .preflight import Identity, may_remove, probe_listen, risky_settings, runtime_identity
 
 # The supervisor process imports only this, the config and pymilter; the SPF machinery
 # (pyspf, dnspython, authres: ~15 MB) is imported in the workers, after the fork.
@@ -248,6 +249,8 @@ def remove_pid_file(path: str) -> None:
             if handle.read().strip() != str(os.getpid()):
                 return  # not ours (a worker, or a newer instance)
         os.unlink(path)
+    except FileNotFoundError:  # removed already (by the Janitor)
+        pass
     except OSError as exc:
         log.warning("cannot remove pid file %s: %s", path, exc.strerror)
 
@@ -299,11 +302,14 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     except ValueError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    for risk in risky_settings(config):
+        log.warning("risky setting: %s", risk)
     sessions = Sessions()
     register(_unused_factory, sessions)  # libmilter wants a registration before opening the socket
     milter.setconn(config.socket.libmilter())
     try:
         check_socket_path(config.socket)
+        probe_listen(config.socket)  # libmilter's own error would not say why
         milter.opensocket(True)  # True: remove a stale unix socket left by a crash
     except (ValueError, milter.error) as exc:
         log.error("cannot listen on %s: %s", config.socket, exc)
@@ -313,11 +319,12 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
         log.error("cannot find the listening socket for %s", config.socket)
         return 1
     tune_listener(listener, config.socket)
-    keep_link = metrics_server = None
+    keep_link = metrics_server = janitor = None
     try:
         prepare_socket_file(config)
         keep_link = make_keep_link(config)
         write_pid_file(config.pid_file)
+        janitor = Janitor.start_if_needed(config, keep_link)  # before any thread exists
         if config.user:
             # Import the SPF machinery while its files are surely readable (a Python installed
             # under root's home is not, after the switch).  Under systemd the daemon starts as
@@ -334,6 +341,8 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
         remove_socket_file(config, keep_link)
         if metrics_server is not None:
             metrics_server.stop()
+        if janitor is not None:
+            janitor.finish()
         return 1
     log.info("spfmilter %s listening on %s (mode=%s, header_type=%s, authserv_id=%s, workers=%d)",
              __version__, config.socket, config.mode.value, config.header_type.value,
@@ -344,6 +353,8 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
         if metrics_server is not None:
             metrics_server.stop()
         remove_socket_file(config, keep_link)
+        if janitor is not None:
+            janitor.finish()
         remove_pid_file(config.pid_file)
 
 
@@ -426,6 +437,109 @@ def remove_socket_file(config: Config, keep_link: Optional[str]) -> None:
         pass
     if keep_link:
         _unlink_quietly(keep_link)
+
+
+class Janitor:
+    """Removes the socket path, its keep link and the pid file at exit when the daemon, once it
+    is ``user``, may not (they sit in a directory only root can write, e.g. one made by hand).
+
+    A child forked while we are still root, before any thread exists: it keeps only the read
+    end of a pipe (not the listener, so a stopped daemon's port refuses at once), ignores the
+    signals meant for the daemon, and waits for end of file: the supervisor closing the pipe
+    at exit, or dying (its workers, which share the pipe, follow it).  It then removes the
+    socket and the keep link only if they are still the inode we bound, and the pid file only
+    if it still holds the supervisor's pid.
+    """
+
+    def __init__(self, pid: int, pipe: int):
+        self.pid = pid
+        self.pipe = pipe
+
+    @staticmethod
+    def needed(config: Config, identity: Identity) -> list[str]:
+        """The paths ``identity`` could not remove at exit."""
+        paths = []
+        if config.socket.family == "unix":
+            paths.append(config.socket.address)
+        if config.pid_file:
+            paths.append(config.pid_file)
+        stuck = []
+        for path in paths:
+            try:
+                owner = os.lstat(path).st_uid
+                directory = os.stat(os.path.dirname(path) or "/")
+            except OSError:
+                continue
+            if not may_remove(directory, owner, identity):
+                stuck.append(path)
+        return stuck
+
+    @classmethod
+    def start_if_needed(cls, config: Config, keep_link: Optional[str]) -> Optional["Janitor"]:
+        if not config.user or os.geteuid() != 0:
+            return None
+        stuck = cls.needed(config, runtime_identity(config))
+        if not stuck:
+            return None
+        socket_inode = None
+        if config.socket.address in stuck:
+            info = os.lstat(config.socket.address)
+            socket_inode = (info.st_dev, info.st_ino)
+        pid_file = config.pid_file if config.pid_file in stuck else ""
+        log.info("user %s cannot remove %s at exit: a helper process that stays root will",
+                 config.user, " and ".join(stuck))
+        supervisor = os.getpid()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child; tests/milter/test_daemon.py checks its effect
+            code = 1
+            try:
+                os.close(write_end)
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, DRAIN_SIGNAL):
+                    signal.signal(signum, signal.SIG_IGN)
+                os.closerange(3, read_end)
+                os.closerange(read_end + 1, os.sysconf("SC_OPEN_MAX"))
+                while os.read(read_end, 64):
+                    pass
+                if socket_inode is not None:
+                    for path in (config.socket.address, keep_link):
+                        _unlink_if_inode(path, socket_inode)
+                if pid_file:
+                    _remove_pid_file_of(pid_file, supervisor)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(read_end)
+        return cls(pid, write_end)
+
+    def finish(self) -> None:
+        """Let the helper clean up now, and wait until it has."""
+        os.close(self.pipe)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:  # reaped already (it died early): nothing to wait for
+            pass
+
+
+def _unlink_if_inode(path: Optional[str], inode: tuple) -> None:
+    if not path:
+        return
+    try:
+        info = os.lstat(path)
+        if (info.st_dev, info.st_ino) == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _remove_pid_file_of(path: str, pid: int) -> None:
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), encoding="ascii") as handle:
+            if handle.read().strip() != str(pid):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 # --- workers ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import re
 import secrets as _random
 import stat
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 DAY = 86400
@@ -217,9 +217,15 @@ def new_secret() -> str:
     return base64.b64encode(_random.token_bytes(18)).decode("ascii")
 
 
-def write_secrets_file(path: str, rotate: bool = False) -> None:
-    """Create ``path`` (mode 0600) holding one new secret; ``rotate`` puts a new one in
-    front of the existing ones (it signs from now on; the old ones still verify)."""
+def write_secrets_file(path: str, rotate: bool = False, group: Optional[int] = None) -> None:
+    """Create ``path`` holding one new secret; ``rotate`` puts a new one in front of the
+    existing ones (it signs from now on; the old ones still verify) and keeps the file's
+    owner and mode.
+
+    A new file is mode 0640 in ``group`` (the group the daemon runs as, so that a reload
+    after the privilege drop can read it; the owner stays whoever creates it, root), or
+    0600 when ``group`` is None.  Never readable by others (see :func:`load_secrets`).
+    """
     line = new_secret() + "\n"
     if rotate:
         old = b"".join(s + b"\n" for s in load_secrets(path)).decode("utf-8", "surrogateescape")
@@ -236,5 +242,13 @@ def write_secrets_file(path: str, rotate: bool = False) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise SecretsError(f"{path} exists; use --rotate to add a new secret in front") from None
+    try:
+        if group is not None:  # before the secret is written: nobody else ever sees it
+            os.fchown(fd, -1, group)
+            os.fchmod(fd, 0o640)
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(path)
+        raise SecretsError(f"cannot give {path} to group {group}: {exc.strerror}") from None
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(line)

@@ -5,11 +5,17 @@ Sendmail has no XCLIENT, so the milter sees every client as 127.0.0.1: it runs w
 """
 from __future__ import annotations
 
+import grp
+import os
+import shutil
+import stat
+import subprocess
+
 import pytest
 
 from tests.support.delivered import our_authentication_results
 from tests.support.milterproc import launch_milter
-from tests.support.mta import contrib_milter_mc, message
+from tests.support.mta import contrib_milter_mc, contrib_milter_mc_unix, contrib_spfmilter_conf, message, socket_directory
 from tests.support.sendmail import SendmailInstance, sendmail_available
 from tests.support.skips import require
 
@@ -123,3 +129,52 @@ def test_milter_down_defers_and_loses_nothing(world, tmp_path):
         assert (result.stage, result.code) == ("mail", 451) and not result.accepted, result.transcript_text()
         assert instance.mailbox("user") == []
         assert list(instance.queue_dir.iterdir()) == []  # deferred to the client, nothing half-queued
+
+
+@pytest.fixture
+def smmsp():
+    """Sendmail's group as Debian's sendmail-base creates it; here Sendmail is only unpacked, so a
+    temporary system group stands in when the machine has none (removed afterwards)."""
+    try:
+        yield grp.getgrnam("smmsp").gr_gid
+        return
+    except KeyError:
+        pass
+    subprocess.run(["groupadd", "--system", "smmsp"], check=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    try:
+        yield grp.getgrnam("smmsp").gr_gid
+    finally:
+        subprocess.run(["groupdel", "smmsp"], check=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+@pytest.mark.xfail(strict=True, reason="Sendmail refuses a socket with two hard links (spfmilter's PATH.keep): "
+                   "'unsafe: Hard links not allowed'; contrib/sendmail.mc says to use inet until that changes")
+def test_unix_socket_in_group_smmsp(world, tmp_path, smmsp):
+    """The unix-socket lines documented for Sendmail hosts: contrib/spfmilter.conf with
+    socket_group = smmsp (mode 0660, user nobody) and contrib/sendmail.mc's unix alternative.
+    (This Sendmail runs as root, as Debian's daemon does; the group is what lets a Sendmail with
+    RunAsUser=smmsp in too.)"""
+    # Sendmail refuses a socket below a world-writable directory (/tmp): "local socket name ...
+    # unsafe: World writable directory"; /run is not, like /run/spfmilter under systemd
+    run_dir = socket_directory(parent="/run")
+    path = run_dir / "spfmilter.sock"
+    text = contrib_spfmilter_conf(socket=f"unix:{path}", socket_group="smmsp", user="nobody",
+                                  trusted_networks="", dns_servers=f"127.0.0.1:{world.port}", authserv_id="mx.test",
+                                  mode="enforce")
+    milter = launch_milter(tmp_path, "m", "", None, config_text=text)
+    try:
+        assert os.stat(path).st_nlink == 1, "a second hard link: Sendmail calls the socket unsafe"
+        info = os.stat(path)
+        assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (smmsp, 0o660)
+        instance = SendmailInstance(tmp_path / "sendmail", milter_mc=contrib_milter_mc_unix(str(path)))
+        with instance:
+            result = instance.send("a@sm-pass.example", ["user@mx.test"], message("a@sm-pass.example"), helo=HELO)
+            assert result.accepted, result.transcript_text()
+            [delivered] = instance.wait_for_delivery("user", 1)
+            assert our_results(delivered)["mailfrom"] == ("pass", "a@sm-pass.example")
+            refused = instance.send("x@sm-fail.example", ["user@mx.test"], message("x@sm-fail.example"), helo=HELO)
+            assert refused.rcpt["user@mx.test"].code == 550, refused.transcript_text()
+    finally:
+        stopped = milter.stop()
+        shutil.rmtree(run_dir.parent)
+    assert stopped == 0, milter.full_log()

@@ -19,7 +19,9 @@ from tests.support.milterproc import ROOT
 def contrib_main_cf(milter_socket: str) -> dict:
     """contrib/postfix-main.cf's settings for ``milter_socket`` (``inet:HOST:PORT`` or ``unix:PATH``).
 
-    The inet line is the active one; the unix line is the commented alternative it documents.
+    The inet line is the active one; the unix line is the commented alternative it documents,
+    the path smtpd sees from inside Debian's chroot (/var/spool/postfix).  The private Postfix
+    instances run unchrooted, so the tests give smtpd the socket's full path instead.
     """
     settings, unix_line = {}, None
     for line in (ROOT / "contrib" / "postfix-main.cf").read_text().splitlines():
@@ -30,7 +32,8 @@ def contrib_main_cf(milter_socket: str) -> dict:
             key, _, value = line.partition("=")
             settings[key.strip()] = value.strip()
     if milter_socket.startswith("unix:"):
-        assert unix_line == "unix:/run/spfmilter/spfmilter.sock"
+        assert unix_line == "unix:/spfmilter/spfmilter.sock"
+        assert contrib_unix_socket() == "/var/spool/postfix" + unix_line.removeprefix("unix:")
         settings["smtpd_milters"] = milter_socket
     else:
         assert settings["smtpd_milters"] == "inet:127.0.0.1:8890"
@@ -39,14 +42,24 @@ def contrib_main_cf(milter_socket: str) -> dict:
 
 
 def contrib_spfmilter_conf(**values: str) -> str:
-    """contrib/spfmilter.conf with the given keys set (a commented ``#key = ...`` line is switched on)."""
+    """contrib/spfmilter.conf with the given keys set (a commented ``#key = ...`` line is switched on;
+    of a key with an active line and commented alternatives, the active line is the one set)."""
     lines = (ROOT / "contrib" / "spfmilter.conf").read_text().splitlines()
     for key, value in values.items():
         pattern = re.compile(rf"#?{re.escape(key)} = .*")
         found = [i for i, line in enumerate(lines) if pattern.fullmatch(line)]
+        if len(found) > 1:
+            found = [i for i in found if not lines[i].startswith("#")]
         assert len(found) == 1, f"contrib/spfmilter.conf has no single line for {key}"
         lines[found[0]] = f"{key} = {value}"
     return "\n".join(lines) + "\n"
+
+
+def contrib_unix_socket() -> str:
+    """The path of the commented unix ``socket`` alternative in contrib/spfmilter.conf."""
+    found = re.findall(r"^#socket = unix:(\S+)$", (ROOT / "contrib" / "spfmilter.conf").read_text(), re.MULTILINE)
+    assert len(found) == 1, found
+    return found[0]
 
 
 def contrib_milter_mc(port: int) -> str:
@@ -58,10 +71,19 @@ def contrib_milter_mc(port: int) -> str:
     return lines[0].replace("inet:8890@", f"inet:{port}@")
 
 
-def socket_directory() -> Path:
+def contrib_milter_mc_unix(path: str) -> str:
+    """The unix-socket INPUT_MAIL_FILTER alternative in contrib/sendmail.mc's comments, for ``path``."""
+    lines = [line.removeprefix("dnl").strip() for line in (ROOT / "contrib" / "sendmail.mc").read_text().splitlines()
+             if line.startswith("dnl   INPUT_MAIL_FILTER(")]
+    assert len(lines) == 1, lines
+    assert "S=unix:/run/spfmilter/spfmilter.sock," in lines[0]
+    return lines[0].replace("/run/spfmilter/spfmilter.sock", path)
+
+
+def socket_directory(parent: str | None = None) -> Path:
     """Like systemd's RuntimeDirectory=spfmilter: owned by the daemon's user (nobody here), 0755,
-    on a path the postfix user can reach."""
-    base = Path(tempfile.mkdtemp(prefix="spfmilter-pf-"))
+    on a path the postfix user can reach (under ``parent``, default the temporary directory)."""
+    base = Path(tempfile.mkdtemp(prefix="spfmilter-pf-", dir=parent))
     os.chmod(base, 0o755)
     run = base / "run"
     run.mkdir()

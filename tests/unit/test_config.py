@@ -56,7 +56,7 @@ EXPECTED_DEFAULTS = {
     "mailfrom_reject_results": frozenset({"fail"}),
     "temperror_action": TempErrorAction.DEFER,
     "exempt_recipients": ("postmaster", "abuse"),
-    "dns_timeout": 10.0,
+    "dns_timeout": 20.0,  # RFC 7208 section 4.6.4
     "dns_servers": (),
     "dns_cache_size": 10000,
     "on_error": ErrorAction.TEMPFAIL,

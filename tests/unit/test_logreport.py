@@ -377,7 +377,8 @@ def parse_args(argv):
 
 def test_arguments():
     args = parse_args(["report"])
-    assert (args.logs, args.html, args.top, args.since, args.domain) == (["-"], None, 20, None, None)
+    # no LOG: standard input (unless it is a terminal, tests/milter/test_ops.py), or --journal
+    assert (args.logs, args.html, args.top, args.since, args.domain, args.journal) == ([], None, 20, None, None, False)
     args = parse_args(["report", "a.log", "b.gz", "--top", "5", "--since", "2026-11-01", "--domain", "x.example",
                        "--html", "r.html"])
     assert (args.logs, args.html, args.top, args.since, args.domain) == (
