@@ -118,6 +118,7 @@ class Config:
     group: str
     socket_mode: int
     socket_group: str
+    socket_keep_link: bool
     pid_file: str
     log_destination: LogDestination
     log_level: str
@@ -459,6 +460,10 @@ KEYS: tuple[Key, ...] = (
     Key("socket_mode", parse_mode, "0660", "Permissions of a unix socket (octal)."),
     Key("socket_group", parse_account, "",
         "Group of a unix socket, e.g. `postfix`, so the MTA can connect. Empty: the process's group."),
+    Key("socket_keep_link", parse_bool, "yes",
+        "Keep a second hard link to a unix socket (PATH.keep) so the path can be put back if a worker "
+        "stops unexpectedly and libmilter removes it. Sendmail refuses a socket with two links: set `no` "
+        "for Sendmail."),
     Key("pid_file", parse_path, "", "Write the process id here (empty: no pid file); removed on exit. "
         "A symbolic link at this path stops the start; a file there is replaced, not written through."),
     Key("log_destination", _enum_parser(LogDestination), "stderr",

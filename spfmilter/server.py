@@ -395,7 +395,7 @@ def _unused_factory():  # pragma: no cover - the supervisor never runs libmilter
 
 
 def make_keep_link(config: Config) -> Optional[str]:
-    if config.socket.family != "unix":
+    if config.socket.family != "unix" or not config.socket_keep_link:
         return None
     keep = config.socket.address + ".keep"
     _unlink_quietly(keep)
