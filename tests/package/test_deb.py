@@ -25,7 +25,7 @@ import pytest
 
 from tests.support.delivered import our_authentication_results
 from tests.support.milterclient import wait_ready
-from tests.support.mta import contrib_main_cf, message
+from tests.support.mta import contrib_main_cf, message, set_keys
 from tests.support.postfix import PostfixInstance, free_port, postfix_available
 from tests.support.procs import children, pid_alive
 from tests.support.sessions import CLIENT_IP, HELO
@@ -214,16 +214,6 @@ def test_installed_man_pages_render(installed, command, expected):
     assert not proc.stderr.strip(), proc.stderr
 
 
-def _set_keys(text: str, **values: str) -> str:
-    """The packaged configuration with ``values`` set (a commented ``#key = ...`` line is switched on)."""
-    lines = text.splitlines()
-    for key, value in values.items():
-        found = [i for i, line in enumerate(lines) if re.fullmatch(rf"#?{re.escape(key)} = .*", line)]
-        assert len(found) == 1, f"the packaged configuration has no single line for {key}"
-        lines[found[0]] = f"{key} = {value}"
-    return "\n".join(lines) + "\n"
-
-
 class UnitProcess:
     """/usr/sbin/spfmilter started like the unit (User=spfmilter, its ExecStart, a clean
     environment), with stderr (the unit's journal) in a file."""
@@ -263,7 +253,7 @@ def test_installed_daemon_behind_postfix_with_metrics(installed, world, tmp_path
     try:
         os.chmod(run_dir, 0o755)
         conf = run_dir / "spfmilter.conf"
-        conf.write_text(_set_keys(CONF.read_text(), socket=f"inet:{milter_port}@127.0.0.1",
+        conf.write_text(set_keys(CONF.read_text(), socket=f"inet:{milter_port}@127.0.0.1",
                                   dns_servers=f"127.0.0.1:{world.port}", authserv_id="mx.test",
                                   metrics_listen=f"127.0.0.1:{metrics_port}",
                                   # loads the Public Suffix List: python3-publicsuffix2 on Debian's file

@@ -42,15 +42,21 @@ def contrib_main_cf(milter_socket: str) -> dict:
 
 
 def contrib_spfmilter_conf(**values: str) -> str:
-    """contrib/spfmilter.conf with the given keys set (a commented ``#key = ...`` line is switched on;
-    of a key with an active line and commented alternatives, the active line is the one set)."""
-    lines = (ROOT / "contrib" / "spfmilter.conf").read_text().splitlines()
+    """contrib/spfmilter.conf with the given keys set (see set_keys)."""
+    return set_keys((ROOT / "contrib" / "spfmilter.conf").read_text(), **values)
+
+
+def set_keys(text: str, **values: str) -> str:
+    """A configuration like contrib/spfmilter.conf with the given keys set: a commented ``#key = ...``
+    line is switched on; of a key with an active line and commented alternatives, the active line
+    is the one set."""
+    lines = text.splitlines()
     for key, value in values.items():
         pattern = re.compile(rf"#?{re.escape(key)} = .*")
         found = [i for i, line in enumerate(lines) if pattern.fullmatch(line)]
         if len(found) > 1:
             found = [i for i in found if not lines[i].startswith("#")]
-        assert len(found) == 1, f"contrib/spfmilter.conf has no single line for {key}"
+        assert len(found) == 1, f"the configuration has no single line for {key}"
         lines[found[0]] = f"{key} = {value}"
     return "\n".join(lines) + "\n"
 
