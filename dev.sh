@@ -165,7 +165,8 @@ build_deb() {
         log "lintian reports errors (above); $deb is not fit to install"
         exit 1
     fi
-    log "built $deb; install it with: apt install ./$deb"
+    case "$deb" in /*) path=$deb ;; *) path=./$deb ;; esac  # apt needs a path, not a bare name
+    log "built $deb; install it with: apt install $path"
 }
 
 pick_python() {
