@@ -39,19 +39,22 @@ def busy_port():
         yield busy.getsockname()[1]
 
 
-def test_a_port_in_use_is_named_with_the_os_error(tmp_path, busy_port):
+def start_with(tmp_path, text: str):
+    """Start the daemon on the configuration ``text`` (a DNS server nobody answers on); it must not get far."""
     conf = tmp_path / "c.conf"
-    conf.write_text(f"socket = inet:{busy_port}@127.0.0.1\ndns_servers = 127.0.0.1:9\n")
-    proc = spfmilter("-c", str(conf))
+    conf.write_text(text + "dns_servers = 127.0.0.1:9\n")
+    return spfmilter("-c", str(conf))
+
+
+def test_a_port_in_use_is_named_with_the_os_error(tmp_path, busy_port):
+    proc = start_with(tmp_path, f"socket = inet:{busy_port}@127.0.0.1\n")
     assert proc.returncode == 1
     assert (f"cannot listen on inet:{busy_port}@127.0.0.1: 127.0.0.1 port {busy_port}: Address already in use"
             in proc.stderr), proc.stderr
 
 
 def test_a_missing_socket_directory_is_named_with_the_os_error(tmp_path):
-    conf = tmp_path / "c.conf"
-    conf.write_text(f"socket = unix:{tmp_path}/none/m.sock\ndns_servers = 127.0.0.1:9\n")
-    proc = spfmilter("-c", str(conf))
+    proc = start_with(tmp_path, f"socket = unix:{tmp_path}/none/m.sock\n")
     assert proc.returncode == 1
     assert (f"cannot listen on unix:{tmp_path}/none/m.sock: directory {tmp_path}/none: No such file or directory"
             in proc.stderr), proc.stderr
@@ -59,10 +62,8 @@ def test_a_missing_socket_directory_is_named_with_the_os_error(tmp_path):
 
 def test_risky_settings_are_warned_at_start(tmp_path):
     """Warned before anything is opened (the missing directory stops this start right after)."""
-    conf = tmp_path / "c.conf"
-    conf.write_text(f"socket = unix:{tmp_path}/none/m.sock\nsocket_mode = 0666\n"
-                    "metrics_listen = 192.0.2.1:9899\ndns_servers = 127.0.0.1:9\n")
-    proc = spfmilter("-c", str(conf))
+    proc = start_with(tmp_path, f"socket = unix:{tmp_path}/none/m.sock\nsocket_mode = 0666\n"
+                                "metrics_listen = 192.0.2.1:9899\n")
     assert proc.returncode == 1
     warnings = [line for line in proc.stderr.splitlines() if "WARNING: risky setting:" in line]
     assert len(warnings) == 2, proc.stderr
