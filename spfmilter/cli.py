@@ -165,8 +165,19 @@ def add_migrate_parser(subparsers) -> None:
                     "and a line on standard error. Exit status 0: everything carried over; 1: printed, with "
                     "warnings; 2: the file cannot be read.")
     parser.add_argument("file", metavar="FILE", help="the old configuration file")
-    parser.add_argument("--from", dest="program", choices=("policyd-spf", "pyspf-milter", "PostSRSd"),
-                        help="the program the file is for (default: recognised from its keys and path)")
+    parser.add_argument("--from", dest="program", type=_migrate_program, metavar="PROGRAM",
+                        help="the program the file is for: policyd-spf, pyspf-milter or PostSRSd (default: "
+                             "recognised from its keys and path)")
+
+
+def _migrate_program(text: str) -> str:
+    """The --from value as migrate.py names the program (any case)."""
+    from .foreignkeys import POLICYD_SPF, POSTSRSD, PYSPF_MILTER
+
+    names = {name.lower(): name for name in (POLICYD_SPF, PYSPF_MILTER, POSTSRSD)}
+    if text.lower() not in names:
+        raise argparse.ArgumentTypeError(f"expected one of: {', '.join(names.values())}")
+    return names[text.lower()]
 
 
 def migrate_command(args) -> int:

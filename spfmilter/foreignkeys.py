@@ -15,7 +15,8 @@ from dataclasses import dataclass
 POLICYD_SPF = "policyd-spf"
 PYSPF_MILTER = "pyspf-milter"
 SPF_PEERS = "policyd-spf and pyspf-milter"  # keys both read (pyspf-milter reads policyd-spf.conf's keys)
-POSTSRSD = "PostSRSd"
+POSTSRSD = "PostSRSd"  # 1.x: /etc/default/postsrsd
+POSTSRSD2 = "PostSRSd 2"  # postsrsd.conf
 
 
 @dataclass(frozen=True)
@@ -105,22 +106,22 @@ FOREIGN_KEYS: tuple[ForeignKey, ...] = (
     _lost("SRS_EXTRA_OPTIONS", POSTSRSD, "command line options (-A: rewrite senders in SRS_DOMAIN too)",
           use="srs_rewrite_trusted, local_domains"),
     # PostSRSd 2.x, postsrsd.conf
-    ForeignKey("srs-domain", POSTSRSD, "srs_domain"),
-    ForeignKey("domains", POSTSRSD, "local_domains"),
-    ForeignKey("domains-file", POSTSRSD, "local_domains"),
-    ForeignKey("secrets-file", POSTSRSD, "srs_secrets_file"),
-    ForeignKey("separator", POSTSRSD, "srs_separator"),
-    ForeignKey("hash-length", POSTSRSD, "srs_hash_length"),
-    ForeignKey("hash-minimum", POSTSRSD, "srs_hash_min_length"),
-    ForeignKey("unprivileged-user", POSTSRSD, "user"),
-    _lost("chroot-dir", POSTSRSD, "spfmilter does not chroot (the systemd unit confines it)"),
-    _lost("socketmap", POSTSRSD, "the socketmap table; the milter listens on socket (README, Forwarding with SRS)",
+    ForeignKey("srs-domain", POSTSRSD2, "srs_domain"),
+    ForeignKey("domains", POSTSRSD2, "local_domains"),
+    ForeignKey("domains-file", POSTSRSD2, "local_domains"),
+    ForeignKey("secrets-file", POSTSRSD2, "srs_secrets_file"),
+    ForeignKey("separator", POSTSRSD2, "srs_separator"),
+    ForeignKey("hash-length", POSTSRSD2, "srs_hash_length"),
+    ForeignKey("hash-minimum", POSTSRSD2, "srs_hash_min_length"),
+    ForeignKey("unprivileged-user", POSTSRSD2, "user"),
+    _lost("chroot-dir", POSTSRSD2, "spfmilter does not chroot (the systemd unit confines it)"),
+    _lost("socketmap", POSTSRSD2, "the socketmap table; the milter listens on socket (README, Forwarding with SRS)",
           use="socket"),
-    ForeignKey("milter", POSTSRSD, "socket"),
-    _lost("always-rewrite", POSTSRSD, "rewriting senders in local domains from any client",
+    ForeignKey("milter", POSTSRSD2, "socket"),
+    _lost("always-rewrite", POSTSRSD2, "rewriting senders in local domains from any client",
           use="srs_rewrite_trusted"),
-    ForeignKey("syslog", POSTSRSD, "log_destination"),
-    ForeignKey("debug", POSTSRSD, "log_level"),
+    ForeignKey("syslog", POSTSRSD2, "log_destination"),
+    ForeignKey("debug", POSTSRSD2, "log_level"),
 )
 
 _BY_NAME = {key.name: key for key in FOREIGN_KEYS}

@@ -25,9 +25,9 @@ import textwrap
 from dataclasses import dataclass, field
 
 from . import foreignkeys
-from .config import (DEFAULT_SOCKET, is_hostname, parse_authserv_id, parse_domains, parse_networks,
+from .config import (DEFAULT_SOCKET, Network, is_hostname, parse_authserv_id, parse_domains, parse_networks,
                      parse_socket)
-from .foreignkeys import POLICYD_SPF, POSTSRSD, PYSPF_MILTER
+from .foreignkeys import POLICYD_SPF, POSTSRSD, POSTSRSD2, PYSPF_MILTER
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class _Builder:
     def warn(self, name: str, text: str) -> None:
         entry = self.last.get(name)
         self.warnings.append(Caveat(entry.line if entry else 0, name, text))
-        self.accounted.add(name)
+        self.account(name)
 
 
 # --------------------------------------------------------------------------- reading
@@ -128,7 +128,8 @@ def read_shell_assignments(text: str) -> tuple[list[Entry], list[Caveat]]:
             continue
         line = line.removeprefix("export ").strip()
         name, eq, value = line.partition("=")
-        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        name = name.strip()
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
             problems.append(Caveat(number, "", f"{line!r} is not a NAME=value assignment; not migrated"))
             continue
         value = value.strip()
@@ -144,6 +145,8 @@ def detect(text: str, path: str = "") -> str:
     names = {line.partition("=")[0].strip() for line in text.splitlines() if not line.lstrip().startswith("#")}
     if any(name.startswith("SRS_") for name in names) or {"RUN_AS", "CHROOT"} & names:
         return POSTSRSD
+    if any((spec := foreignkeys.lookup(name)) and spec.program == POSTSRSD2 for name in names):
+        return POSTSRSD2
     if _MILTER_KEYS & names or "pyspf-milter" in path:
         return PYSPF_MILTER
     return POLICYD_SPF
@@ -273,8 +276,8 @@ def _list(value: str) -> list[str]:
     return [item.strip() for item in value.removeprefix("csl:").split(",") if item.strip()]
 
 
-def _networks(b: _Builder, name: str, items: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    found = []
+def _networks(b: _Builder, name: str, items: list[str]) -> list[Network]:
+    found: list[Network] = []
     for item in items:
         try:
             found += parse_networks(item.strip("[]"))
@@ -283,7 +286,7 @@ def _networks(b: _Builder, name: str, items: list[str]) -> list[ipaddress.IPv4Ne
     return found
 
 
-def _format_networks(networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+def _format_networks(networks: list[Network]) -> str:
     v4 = list(ipaddress.collapse_addresses(n for n in networks if n.version == 4))
     v6 = list(ipaddress.collapse_addresses(n for n in networks if n.version == 6))
     loopback = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
@@ -303,8 +306,11 @@ def _map_trust(b: _Builder, program: str) -> None:
         networks += _networks(b, name, _list(value))
         if value:
             sources.append(_source(b, name, program, SPF_DEFAULTS))
+    if b.get("IntHosts"):
+        b.account("IntHosts")
+        b.notes.append(f"{b.get('IntHosts')}: pyspf-milter makes this from InternalHosts; nothing to migrate")
     if program == PYSPF_MILTER:
-        b.account("InternalHosts", "IntHosts")
+        b.account("InternalHosts")
         value = _value(b, "InternalHosts", MILTER_DEFAULTS)
         sources.append(_source(b, "InternalHosts", program, MILTER_DEFAULTS) + ": pyspf-milter does not check them")
         addresses, names = _split_hosts(b, value)
@@ -621,7 +627,7 @@ def _migrate_postsrsd(b: _Builder) -> None:
 def migrate(text: str, path: str = "", program: str = "") -> Migration:
     """The spfmilter settings for the peer configuration ``text`` (``program`` as :func:`detect` names it)."""
     program = program or detect(text, path)
-    reader = read_shell_assignments if program == POSTSRSD else read_policyd_spf
+    reader = read_policyd_spf if program in (POLICYD_SPF, PYSPF_MILTER) else read_shell_assignments
     entries, problems = reader(text)
     b = _Builder(entries)
     b.warnings += problems
@@ -633,13 +639,16 @@ def migrate(text: str, path: str = "", program: str = "") -> Migration:
         seen[entry.name] = entry
     if program == POSTSRSD:
         _migrate_postsrsd(b)
-    else:
+    elif program != POSTSRSD2:  # PostSRSd 2's file gets a pointer per key (below), no mapping
         _migrate_spf(b, program)
     for entry in seen.values():  # whatever no mapping took up: say so, never drop it
         if entry.name not in b.accounted:
             spec = foreignkeys.lookup(entry.name)
-            if spec is None or spec.program not in (program, foreignkeys.SPF_PEERS):
-                b.warn(entry.name, f"{entry.name} is not a {program} key ({program} ignores it); not migrated")
+            if spec is None:
+                b.warn(entry.name, f"{entry.name} is not a {program} key; not migrated")
+            elif spec.program not in (program, foreignkeys.SPF_PEERS):
+                b.warn(entry.name, f"{entry.name} is a {spec.program} key, not {program}'s; not migrated: "
+                                   f"{spec.advice()}")
             else:
                 b.warn(entry.name, f"{entry} is not migrated: {spec.advice()}")
     return Migration(program, tuple(s for s in b.settings.values()), tuple(b.warnings), tuple(b.notes),
