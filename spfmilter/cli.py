@@ -151,7 +151,52 @@ def _parser() -> argparse.ArgumentParser:
 
     add_explain_parser(commands)
     logreport.add_parser(commands)
+    add_migrate_parser(commands)
     return parser
+
+
+def add_migrate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "migrate-config", help="turn a policyd-spf, pyspf-milter or PostSRSd configuration into spfmilter.conf",
+        description="Read a policyd-spf (/etc/postfix-policyd-spf-python/policyd-spf.conf), pyspf-milter "
+                    "(/etc/pyspf-milter/pyspf-milter.conf) or PostSRSd 1.x (/etc/default/postsrsd) configuration "
+                    "and print the equivalent spfmilter.conf: a comment names the old keys (and old defaults) "
+                    "behind each setting, and every old key spfmilter cannot carry over is a WARNING comment "
+                    "and a line on standard error. Exit status 0: everything carried over; 1: printed, with "
+                    "warnings; 2: the file cannot be read.")
+    parser.add_argument("file", metavar="FILE", help="the old configuration file")
+    parser.add_argument("--from", dest="program", type=_migrate_program, metavar="PROGRAM",
+                        help="the program the file is for: policyd-spf, pyspf-milter or PostSRSd (default: "
+                             "recognised from its keys and path)")
+
+
+def _migrate_program(text: str) -> str:
+    """The --from value as migrate.py names the program (any case)."""
+    from .foreignkeys import POLICYD_SPF, POSTSRSD, PYSPF_MILTER
+
+    names = {name.lower(): name for name in (POLICYD_SPF, PYSPF_MILTER, POSTSRSD)}
+    if text.lower() not in names:
+        raise argparse.ArgumentTypeError(f"expected one of: {', '.join(names.values())}")
+    return names[text.lower()]
+
+
+def migrate_command(args) -> int:
+    from .migrate import describe_warning, migrate, render
+
+    try:
+        with open(args.file, encoding="utf-8-sig") as handle:
+            text = handle.read()
+    except OSError as exc:
+        print(f"spfmilter: {args.file}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError:
+        print(f"spfmilter: {args.file}: not UTF-8 text", file=sys.stderr)
+        return 2
+    migration = migrate(text, args.file, args.program or "")
+    sys.stdout.write(render(migration, args.file))
+    for warning in migration.warnings:
+        print(f"spfmilter: warning: {args.file}: {describe_warning(warning)}", file=sys.stderr)
+    return 1 if migration.warnings else 0
 
 
 def add_explain_parser(subparsers) -> None:
@@ -269,6 +314,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         from . import logreport
 
         return logreport.run(args)
+    if args.command == "migrate-config":  # reads the old program's file, not ours
+        return migrate_command(args)
     path = getattr(args, "check_config_file", None) or args.config
     try:
         config = _load_config(path)

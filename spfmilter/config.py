@@ -17,6 +17,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from . import foreignkeys
+
 DEFAULT_CONFIG_PATH = "/etc/spfmilter/spfmilter.conf"
 DEFAULT_SOCKET = "inet:8890@127.0.0.1"
 BUILT_IN = "<built-in defaults>"  # the source of a Config made without a file
@@ -536,9 +538,7 @@ def parse_text(text: str, source: str = "<string>", *, authserv_id_default: str 
             continue
         key = KEYS_BY_NAME.get(name)
         if key is None:
-            hint = difflib.get_close_matches(name.lower().replace("-", "_"), KEYS_BY_NAME, n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            problems.append(f"{where}: unknown key '{_shorten(name)}'{suggestion}")
+            problems.append(f"{where}: unknown key '{_shorten(name)}'{unknown_key_hint(name)}")
             continue
         if name in seen:
             problems.append(f"{where}: key '{name}' already set on line {seen[name]}")
@@ -555,6 +555,16 @@ def parse_text(text: str, source: str = "<string>", *, authserv_id_default: str 
     if problems:
         raise ConfigError([f"{source}: {problem}" for problem in problems])
     return config
+
+
+def unknown_key_hint(name: str) -> str:
+    """What to say after "unknown key": where another program's key (policyd-spf, pyspf-milter,
+    PostSRSd) went in spfmilter, else the nearest key of ours, else nothing."""
+    foreign = foreignkeys.hint(name)
+    if foreign:
+        return f": {foreign}"
+    near = difflib.get_close_matches(name.lower().replace("-", "_"), KEYS_BY_NAME, n=1)
+    return f" (did you mean '{near[0]}'?)" if near else ""
 
 
 def cross_check(config: Config) -> list[str]:
