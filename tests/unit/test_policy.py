@@ -42,6 +42,39 @@ def mailfrom(result: SpfResult, **kw) -> SpfOutcome:
     return SpfOutcome(Identity.MAILFROM, result, kw.pop("domain", "example.org"), kw.pop("sender", SENDER), **kw)
 
 
+class FakeChecks:
+    """policy.SpfChecks answered from a table; ``calls`` records what was asked."""
+
+    def __init__(self, outcomes=None, authorized=(), ptrs=()):
+        self.outcomes = outcomes or (helo(SpfResult.PASS), mailfrom(SpfResult.PASS))
+        self.authorized = set(authorized)
+        self.ptrs = list(ptrs)
+        self.calls = []
+
+    def helo(self, ip, helo_name, sender=""):
+        self.calls.append(("helo", ip, helo_name))
+        return self.outcomes[0]
+
+    def mailfrom(self, ip, helo_name, sender):
+        self.calls.append(("mailfrom", ip, helo_name, sender))
+        return self.outcomes[1]
+
+    def authorizes(self, ip, domain):
+        self.calls.append(("authorizes", ip, domain))
+        return domain in self.authorized
+
+    def validated_ptrs(self, ip):
+        self.calls.append(("ptr", ip))
+        return self.ptrs
+
+
+class NoChecks(FakeChecks):
+    def __getattribute__(self, name):
+        if name in ("helo", "mailfrom", "authorizes", "validated_ptrs"):
+            raise AssertionError(f"must not look anything up ({name})")
+        return super().__getattribute__(name)
+
+
 def assert_safe_reply(decision: Decision):
     assert re.fullmatch(r"[\x20-\x7e]*", decision.reply.text), decision.reply.text
     assert "%" not in decision.reply.text
@@ -318,25 +351,17 @@ def test_unix_socket_clients_are_local_and_trusted(cfgtext):
 
 
 def test_evaluate_skips_trusted_clients_without_verifying():
-    def verify(*args):
-        raise AssertionError("must not verify a trusted client")
-
-    evaluation = evaluate(Facts("127.0.0.1", HELO, SENDER), config(), verify)
+    evaluation = evaluate(Facts("127.0.0.1", HELO, SENDER), config(), NoChecks())
     assert evaluation.skip_reason == "trusted network 127.0.0.0/8"
     assert evaluation.outcomes is None
     assert evaluation.decision == ACCEPT
 
 
 def test_evaluate_verifies_and_decides():
-    calls = []
     outcomes = (helo(SpfResult.PASS), mailfrom(SpfResult.FAIL))
-
-    def verify(ip, helo_name, sender):
-        calls.append((ip, helo_name, sender))
-        return outcomes
-
-    evaluation = evaluate(FACTS, config(), verify)
-    assert calls == [(IP, HELO, SENDER)]
+    checks = FakeChecks(outcomes)
+    evaluation = evaluate(FACTS, config(), checks)
+    assert checks.calls == [("helo", IP, HELO), ("mailfrom", IP, HELO, SENDER)]
     assert evaluation.skip_reason is None
     assert evaluation.outcomes == outcomes
     assert evaluation.decision.action is Action.REJECT
@@ -427,6 +452,6 @@ def test_held_for_dkim_only_for_the_mail_from_identity(sender, helo_result, mail
     mail_domain = "example.org" if sender else HELO
     outcomes = (helo(helo_result), mailfrom(mailfrom_result, domain=mail_domain, sender=sender or f"postmaster@{HELO}"))
     evaluation = evaluate(facts, config("spf_fail_hold = dkim\nmailfrom_reject_results = fail, permerror"),
-                          lambda *args: outcomes)
+                          FakeChecks(outcomes))
     assert held_for_dkim(evaluation, config("spf_fail_hold = dkim")) is held
     assert deciding_domain(evaluation) == domain
