@@ -561,7 +561,7 @@ KEYS: tuple[Key, ...] = (
         "`SPF {result} for {domain}, see https://www.example.com/spf`. Empty: the built-in text."),
     Key("enhanced_status_codes", parse_bool, "yes",
         "Put RFC 3463 enhanced status codes (5.7.23, 4.7.24, ...) in the milter's refusals. `no` leaves "
-        "them out of every refusal it gives, for old clients; the MTA may still add its own."),
+        "them out of every refusal it gives, for old clients (Postfix passes such a reply on as it is)."),
     Key("exempt_recipients", parse_recipients, "postmaster, abuse",
         "Recipients never refused (RFC 5321 section 4.5.1): local parts, or full addresses."),
     Key("dns_timeout", parse_timeout, "20",
