@@ -22,7 +22,7 @@ def run_check(config: Config, ip: str, helo: str, sender: str, recipient: str,
     verifier = Verifier(service.dns, config.receiver, config.dns_timeout)
     facts = Facts(client_ip=client_ip, helo=helo.strip(),
                   sender=parse_envelope_address(sender).text, auth_user=auth_user or None)
-    evaluation = evaluate(facts, config, verifier.verify)
+    evaluation = evaluate(facts, config, verifier.checks())
     out.write(milter_view(evaluation, recipient, config))
     return 0
 

@@ -15,7 +15,8 @@ import math
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from string import Formatter
+from typing import Any, Callable, Iterable, Optional
 
 from . import foreignkeys
 
@@ -59,6 +60,11 @@ class FailHold(str, enum.Enum):
     DKIM = "dkim"
 
 
+class HeloRejectScope(str, enum.Enum):
+    ALL = "all"
+    NULL_SENDER = "null-sender"  # policyd-spf HELO_reject = Null
+
+
 class LogDestination(str, enum.Enum):
     STDERR = "stderr"
     SYSLOG = "syslog"
@@ -66,6 +72,21 @@ class LogDestination(str, enum.Enum):
 
 # Results an admin may choose to reject on (temperror is governed by temperror_action).
 REJECTABLE_RESULTS = ("fail", "softfail", "neutral", "none", "permerror")
+IDENTITIES = ("helo", "mailfrom")  # RFC 7208 sections 2.3 and 2.4
+# The placeholders reject_text may use.
+REJECT_TEXT_FIELDS = ("result", "domain", "ip", "identity", "sender")
+
+
+@dataclass(frozen=True)
+class MacroMatch:
+    """One skip_macros entry: the MTA macro ``name`` (``{daemon_name}``, ``j``) has ``value``;
+    value None: the macro is set to anything non-empty."""
+
+    name: str
+    value: Optional[str] = None
+
+    def __str__(self) -> str:
+        return self.name if self.value is None else f"{self.name}={self.value}"
 
 
 @dataclass(frozen=True)
@@ -107,9 +128,18 @@ class Config:
     authserv_id: str
     trusted_networks: tuple[Network, ...]
     trust_authenticated: bool
+    trusted_helo_names: frozenset[str]
+    trusted_ptr_domains: frozenset[str]
+    trusted_spf_domains: tuple[str, ...]
+    skip_macros: tuple[MacroMatch, ...]
     helo_reject_results: frozenset[str]
     mailfrom_reject_results: frozenset[str]
+    check_identities: frozenset[str]
+    helo_reject_scope: HeloRejectScope
+    require_pass_domains: frozenset[str]
     temperror_action: TempErrorAction
+    reject_text: str
+    enhanced_status_codes: bool
     exempt_recipients: tuple[str, ...]
     dns_timeout: float
     dns_servers: tuple[DnsServer, ...]
@@ -381,6 +411,70 @@ def parse_domains(text: str) -> frozenset[str]:
     return frozenset(domains)
 
 
+def parse_domain_list(text: str) -> tuple[str, ...]:
+    """Domains in the order written (each is a DNS check: the admin chooses which comes first)."""
+    domains: list[str] = []
+    for item in _split_list(text.lower()):
+        item = item.rstrip(".")
+        if not is_hostname(item):
+            raise ValueError(f"bad domain {item!r}")
+        if item not in domains:
+            domains.append(item)
+    return tuple(domains)
+
+
+def parse_identities(text: str) -> frozenset[str]:
+    """``helo``, ``mailfrom`` or both; at least one (turning both off is trusted_networks' job)."""
+    items = _split_list(text.lower())
+    for item in items:
+        if item not in IDENTITIES:
+            raise ValueError(f"unknown identity {item!r}: choose from helo, mailfrom")
+    if not items:
+        raise ValueError("expected helo, mailfrom or both (at least one identity is checked)")
+    return frozenset(items)
+
+
+_MACRO_NAME = re.compile(r"\{[A-Za-z0-9_]{1,64}\}|[A-Za-z_]")  # {daemon_name}, or one letter like j
+
+
+def parse_macros(text: str) -> tuple[MacroMatch, ...]:
+    """``{macro}=value`` or ``{macro}`` (any non-empty value) entries; values are compared exactly."""
+    matches: list[MacroMatch] = []
+    for item in _split_list(text):
+        name, eq, value = item.partition("=")
+        if not _MACRO_NAME.fullmatch(name):
+            raise ValueError(f"bad macro {name!r}: expected a name in braces such as {{daemon_name}}, "
+                             "or a one-letter macro")
+        if eq and not value:
+            raise ValueError(f"{item!r}: no value after '=' (write {name} alone to match any value)")
+        if eq and not (value.isascii() and value.isprintable()):
+            raise ValueError(f"{item!r}: the value must be printable ASCII")
+        matches.append(MacroMatch(name, value if eq else None))
+    return tuple(matches)
+
+
+def parse_reject_text(text: str) -> str:
+    """A refusal text template: printable ASCII with placeholders from REJECT_TEXT_FIELDS; empty = built in."""
+    value = text.strip()
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError("expected printable ASCII text (it goes into an SMTP reply)")
+    if "%" in value:  # libmilter's smfi_setreply takes '%' as a format character
+        raise ValueError("'%' cannot be used in an SMTP reply given by a milter")
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(value)
+                  if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{exc} (write {{{{ and }}}} for a literal brace)") from None
+    allowed = ", ".join(f"{{{name}}}" for name in REJECT_TEXT_FIELDS)
+    for name, spec, conversion in fields:
+        if name not in REJECT_TEXT_FIELDS or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"unknown placeholder {shown}: use {allowed}")
+    if len(value) > 200:
+        raise ValueError("at most 200 characters (an SMTP reply line is limited, RFC 5321 section 4.5.3.1.5)")
+    return value
+
+
 def _int_parser(low: int, high: int, unit: str = "") -> Callable[[str], int]:
     return lambda text: whole_number(text.strip(), low, high, f"expected a whole number from {low} to {high}{unit}")
 
@@ -430,13 +524,46 @@ KEYS: tuple[Key, ...] = (
         "a prefix shorter than /96 is an error). An empty value trusts no network."),
     Key("trust_authenticated", parse_bool, "yes",
         "Do not check SASL-authenticated clients (the MTA's `{auth_authen}` macro)."),
+    Key("trusted_helo_names", parse_domains, "",
+        "Clients whose HELO name is listed here and passes SPF for the client's address are not checked "
+        "(a relay or forwarder you know by name). A listed name that does not pass is checked as usual."),
+    Key("trusted_ptr_domains", parse_domains, "",
+        "Clients with a validated PTR name (RFC 7208 section 5.5) in one of these domains or below are not "
+        "checked (a forwarder with predictable host names and no SPF record). Costs a PTR lookup and up to "
+        "10 address lookups per connection, within dns_timeout."),
+    Key("trusted_spf_domains", parse_domain_list, "",
+        "Clients that these domains' own SPF records authorize are not checked, whatever the sender (a "
+        "forwarder that publishes SPF, e.g. `pobox.com`). Costs one SPF evaluation per domain, in the order "
+        "listed, within dns_timeout; a DNS error there counts as not authorized."),
+    Key("skip_macros", parse_macros, "",
+        "Transactions are not checked when an MTA macro has a listed value: `{macro}=value` entries, e.g. "
+        "`{daemon_name}=submission` for a submission port (Postfix: `-o milter_macro_daemon_name=submission` "
+        "on that service in master.cf). Values are compared exactly; `{macro}` alone matches any non-empty value."),
     Key("helo_reject_results", parse_results, "fail",
         "HELO results that reject (list of fail, softfail, neutral, none, permerror; empty = never)."),
     Key("mailfrom_reject_results", parse_results, "fail",
         "MAIL FROM results that reject (same choices as helo_reject_results)."),
+    Key("check_identities", parse_identities, "helo, mailfrom",
+        "Identities checked: `helo`, `mailfrom` or both. One left out is not looked up, reported or "
+        "refused on; the null sender's MAIL FROM identity is its HELO name (RFC 7208 section 2.4), so "
+        "`mailfrom` alone still checks it."),
+    Key("helo_reject_scope", _enum_parser(HeloRejectScope), "all",
+        "`all`: helo_reject_results refuse any message; `null-sender`: only messages with the null sender "
+        "(bounces), whose only identity is the HELO name (policyd-spf's `HELO_reject = Null`)."),
+    Key("require_pass_domains", parse_domains, "",
+        "Sender domains that always send from servers their SPF authorizes: any MAIL FROM result but "
+        "`pass` is refused (temperror deferred with 451 4.7.24) for them, whatever mailfrom_reject_results "
+        "says."),
     Key("temperror_action", _enum_parser(TempErrorAction), "defer",
         "What a MAIL FROM temperror does in enforce mode: `defer` (451 4.7.24) or `accept`. "
         "A HELO temperror alone never defers."),
+    Key("reject_text", parse_reject_text, "",
+        "Text of SPF refusals instead of the built-in one, with placeholders `{result}`, `{domain}`, "
+        "`{ip}`, `{identity}` and `{sender}` (cleaned for SMTP, as they come from the client), e.g. "
+        "`SPF {result} for {domain}, see https://www.example.com/spf`. Empty: the built-in text."),
+    Key("enhanced_status_codes", parse_bool, "yes",
+        "Put RFC 3463 enhanced status codes (5.7.23, 4.7.24, ...) in the milter's refusals. `no` leaves "
+        "them out of every refusal it gives, for old clients (Postfix passes such a reply on as it is)."),
     Key("exempt_recipients", parse_recipients, "postmaster, abuse",
         "Recipients never refused (RFC 5321 section 4.5.1): local parts, or full addresses."),
     Key("dns_timeout", parse_timeout, "20",
@@ -574,6 +701,8 @@ def cross_check(config: Config) -> list[str]:
         problems.append("srs_hash_min_length cannot be more than srs_hash_length")
     if config.srs and config.srs_domain in config.srs_exclude_domains:
         problems.append("srs_domain cannot be in srs_exclude_domains")
+    if config.require_pass_domains and "mailfrom" not in config.check_identities:
+        problems.append("require_pass_domains needs mailfrom in check_identities")
     both = sorted(config.enforce_domains & config.header_only_domains)
     if both:
         problems.append(f"{', '.join(both)}: in both enforce_domains and header_only_domains")

@@ -393,7 +393,7 @@ def explain(config: Config, ip: str, helo: str, sender: str, recipient: str,
     verifier = Verifier(lookup or make_service(config).dns, config.receiver, config.dns_timeout, query_factory=tracing_query)
     facts = Facts(client_ip=client_ip, helo=helo.strip(),
                   sender=parse_envelope_address(sender).text, auth_user=auth_user or None)
-    evaluation = evaluate(facts, config, verifier.verify)
+    evaluation = evaluate(facts, config, verifier.checks())
     identities = []
     if evaluation.outcomes is not None:
         for outcome in evaluation.outcomes:

@@ -82,14 +82,15 @@ def authentication_results(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts,
     def why(outcome: SpfOutcome) -> Optional[str]:
         return _ascii(note[1]).replace("\\", "").replace("\"", "") if note and note[0] is outcome.identity else None
 
-    results = [
-        authres.SPFAuthenticationResult(
+    results = []
+    if helo.checked:  # an identity check_identities leaves out is not reported
+        results.append(authres.SPFAuthenticationResult(
             result=helo.result.value, result_comment=comment_text(_ascii(reason(helo, facts.client_ip))),
-            reason=why(helo), smtp_helo=_pvalue(facts.helo) or "unknown"),
-        authres.SPFAuthenticationResult(
+            reason=why(helo), smtp_helo=_pvalue(facts.helo) or "unknown"))
+    if mailfrom.checked:
+        results.append(authres.SPFAuthenticationResult(
             result=mailfrom.result.value, result_comment=comment_text(_ascii(reason(mailfrom, facts.client_ip))),
-            reason=why(mailfrom), smtp_mailfrom=_pvalue(mailfrom.sender) or "unknown"),
-    ]
+            reason=why(mailfrom), smtp_mailfrom=_pvalue(mailfrom.sender) or "unknown"))
     for item in dkim:
         comment = "aligned with From: and MAIL FROM" if item.aligned else "not aligned with From: and MAIL FROM"
         if item.problem and item.result != "pass" and item.aligned:
@@ -131,9 +132,8 @@ def spf_headers(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Co
     if config.header_type in (HeaderType.AUTHENTICATION_RESULTS, HeaderType.BOTH):
         headers.append((AR_NAME, authentication_results(helo, mailfrom, facts, config, note, dkim)))
     if config.header_type in (HeaderType.RECEIVED_SPF, HeaderType.BOTH):
-        # one per identity, MAIL FROM on top (it is the one most readers want)
-        headers.append((RSPF_NAME, received_spf(mailfrom, facts, config)))
-        headers.append((RSPF_NAME, received_spf(helo, facts, config)))
+        # one per identity checked, MAIL FROM on top (it is the one most readers want)
+        headers += [(RSPF_NAME, received_spf(outcome, facts, config)) for outcome in (mailfrom, helo) if outcome.checked]
     return [(name, fold(name, value)) for name, value in headers]
 
 

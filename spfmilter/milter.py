@@ -221,15 +221,17 @@ class SpfMilter(Milter.Base):
             auth_user=self._macro("{auth_authen}") or None,
             queue_id=self._queue_id,
             local=self._local,
+            macros=self._skip_macros(),
         )
         started = time.monotonic()
-        self._tx = _Transaction(evaluate(facts, self.config, self._verifier.verify),
+        self._tx = _Transaction(evaluate(facts, self.config, self._verifier.checks()),
                                 strips_forged=removes_forged_headers(facts, self.config))
         metrics = self.service.metrics
         if self._tx.checked:
             metrics.check_seconds(time.monotonic() - started)
             for outcome in self._tx.evaluation.outcomes:
-                metrics.spf(outcome.identity.value, outcome.result.value)
+                if outcome.checked:
+                    metrics.spf(outcome.identity.value, outcome.result.value)
         return Milter.CONTINUE
 
     @_guarded("rcpt", replies=True)
@@ -398,7 +400,9 @@ class SpfMilter(Milter.Base):
                      self._queue_suffix())
 
     def _refuse(self, reply: Reply) -> int:
-        self.setreply(str(reply.code), reply.xcode, reply.text)
+        """Every refusal the milter gives goes through here; enhanced_status_codes = no leaves the
+        RFC 3463 code out of all of them (libmilter then sends the reply code and text alone)."""
+        self.setreply(str(reply.code), reply.xcode if self.config.enhanced_status_codes else None, reply.text)
         return Milter.REJECT if reply.permanent else Milter.TEMPFAIL
 
     def _error_reply(self):
@@ -416,6 +420,15 @@ class SpfMilter(Milter.Base):
             return self.getsymval(name)
         except UnicodeDecodeError:
             return "?"
+
+    def _skip_macros(self) -> tuple:
+        """(name, value) of each skip_macros macro the MTA sent (cleaned: it is only compared and logged)."""
+        found = []
+        for name in dict.fromkeys(match.name for match in self.config.skip_macros):
+            value = self._macro(name)
+            if value:
+                found.append((name, clean(value, 255)))
+        return tuple(found)
 
     def _recover_client(self) -> bool:
         """The connect stage never reached us (its host name was not UTF-8): take the client
@@ -459,6 +472,8 @@ class SpfMilter(Milter.Base):
         self.service.metrics.action(action.value)
         decided_by = evaluation.decision.identity
         for outcome in evaluation.outcomes:
+            if not outcome.checked:
+                continue
             log.info("%s", hdr.log_line(outcome, tx.facts, self.config, action,
                                         reply if outcome.identity is decided_by else None))
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
-from .config import Config, FailHold, TempErrorAction
+from .config import Config, FailHold, HeloRejectScope, TempErrorAction
 from .replies import DKIM_DNS_FAILURE, SEPARATE_TRANSACTION, Reply
 from .text import reply_text
-from .verify import Identity, SpfOutcome, SpfResult, parse_envelope_address
+from .verify import Identity, SpfOutcome, SpfResult, not_checked, parse_envelope_address
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,19 @@ class Facts:
     auth_user: Optional[str] = None  # {auth_authen}
     queue_id: Optional[str] = None
     local: bool = False  # connected over a unix socket (local submission, e.g. sendmail -bs)
+    macros: tuple[tuple[str, str], ...] = ()  # (name, value) of the skip_macros the MTA sent
+
+
+class SpfChecks(Protocol):
+    """The DNS-backed checks of one transaction (verify.Checks: one DNS time budget for all)."""
+
+    def helo(self, ip: Optional[str], helo: str, sender: str = "") -> SpfOutcome: ...
+
+    def mailfrom(self, ip: Optional[str], helo: str, sender: str) -> SpfOutcome: ...
+
+    def authorizes(self, ip: str, domain: str) -> bool: ...
+
+    def validated_ptrs(self, ip: str) -> list[str]: ...
 
 
 class Action(str, enum.Enum):
@@ -84,6 +97,46 @@ def trust_reason(facts: Facts, config: Config) -> Optional[str]:
         return f"trusted network {network}"
     if config.trust_authenticated and facts.auth_user:
         return "authenticated sender"
+    given = dict(facts.macros)
+    for match in config.skip_macros:
+        value = given.get(match.name)
+        if value and (match.value is None or value == match.value):  # pyspf-milter compares exactly too
+            return f"macro {match.name}={value}"
+    return None
+
+
+def in_domains(name: str, domains: frozenset[str]) -> Optional[str]:
+    """The entry of ``domains`` that ``name`` is or is below (label-wise, as RFC 7208 section 5.5
+    matches a validated PTR name to a domain), or None."""
+    labels = name.lower().rstrip(".").split(".")
+    for start in range(len(labels)):
+        candidate = ".".join(labels[start:])
+        if candidate in domains:
+            return candidate
+    return None
+
+
+def allowlist_reason(facts: Facts, config: Config, checks: SpfChecks) -> Optional[str]:
+    """Why a client from outside is not checked, by the allow-lists that need DNS; None: check it.
+
+    Cheapest first: trusted_helo_names (the HELO check, needed anyway), trusted_ptr_domains
+    (a PTR lookup and the forward lookups that validate it), trusted_spf_domains (one SPF
+    evaluation per domain, in the order listed).  They share the transaction's DNS budget.
+    """
+    ip = facts.client_ip
+    if ip is None:
+        return None
+    helo = facts.helo.lower().rstrip(".")
+    if helo in config.trusted_helo_names and checks.helo(ip, facts.helo).result is SpfResult.PASS:
+        return f"trusted HELO name {helo}"
+    if config.trusted_ptr_domains:
+        for name in checks.validated_ptrs(ip):
+            domain = in_domains(name, config.trusted_ptr_domains)
+            if domain is not None:
+                return f"trusted PTR name {name} in {domain}"
+    for domain in config.trusted_spf_domains:
+        if checks.authorizes(ip, domain):
+            return f"authorized by trusted SPF domain {domain}"
     return None
 
 
@@ -100,27 +153,73 @@ def removes_forged_headers(facts: Facts, config: Config) -> bool:
 
 def vouched_for(evaluation: Evaluation) -> bool:
     """Whether the client may send as one of our domains unchanged through SRS forwarding:
-    a trusted network, a local or a SASL-authenticated client (checked or not)."""
-    return evaluation.skip_reason is not None or bool(evaluation.facts.auth_user)
+    a trusted network, a local or a SASL-authenticated client (checked or not), or one
+    skip_macros exempts.  A client let through by an allow-list for outside relays
+    (trusted_helo_names, trusted_ptr_domains, trusted_spf_domains) is not one of ours."""
+    return (evaluation.skip_reason is not None and not evaluation.outsider) or bool(evaluation.facts.auth_user)
 
 
 def decide(helo: SpfOutcome, mailfrom: SpfOutcome, facts: Facts, config: Config) -> Decision:
     """The reply enforcement gives for this transaction (header-only mode logs it instead).
 
     HELO is looked at first (RFC 7208 section 2.3).  A rejecting result of either
-    identity rejects.  Otherwise a MAIL FROM temperror defers when so configured
-    (RFC 7208 section 8.6, RFC 7372 4.7.24); for the null sender the MAIL FROM
-    identity is the HELO check, so its temperror defers too.  A HELO temperror
-    alone does not defer: the HELO result only acts through helo_reject_results.
+    identity rejects (:func:`rejecting_results`).  Otherwise a MAIL FROM temperror defers
+    when so configured, or always for require_pass_domains (RFC 7208 section 8.6, RFC 7372
+    4.7.24); for the null sender the MAIL FROM identity is the HELO check, so its temperror
+    defers too.  A HELO temperror alone does not defer: the HELO result only acts through
+    helo_reject_results.  An identity check_identities leaves out decides nothing.
     """
     for outcome in (helo, mailfrom):
-        if outcome.result.value in config.reject_results(outcome.identity.value):
-            return _reject(outcome, facts)
-    if config.temperror_action is TempErrorAction.DEFER and mailfrom.result is SpfResult.TEMPERROR:
-        return Decision(Action.DEFER, Reply(451, "4.7.24", reply_text(
-            f"SPF temporary error for {_what(mailfrom)}: "
-            f"{mailfrom.problem or 'DNS lookup failed'}; please try again later")), mailfrom.identity)
+        if outcome.checked and outcome.result.value in rejecting_results(outcome, facts, config):
+            return _reject(outcome, facts, config)
+    if mailfrom.checked and mailfrom.result is SpfResult.TEMPERROR and (
+            config.temperror_action is TempErrorAction.DEFER or requires_pass(mailfrom, config)):
+        text = (f"SPF temporary error for {_what(mailfrom)}: "
+                f"{mailfrom.problem or 'DNS lookup failed'}; please try again later")
+        return Decision(Action.DEFER, Reply(451, "4.7.24", refusal_text(text, mailfrom, facts, config)),
+                        mailfrom.identity)
     return ACCEPT
+
+
+def requires_pass(outcome: SpfOutcome, config: Config) -> bool:
+    """Whether require_pass_domains lists this MAIL FROM outcome's domain."""
+    return outcome.identity is Identity.MAILFROM and (outcome.domain or "").lower().rstrip(".") in \
+        config.require_pass_domains
+
+
+def rejecting_results(outcome: SpfOutcome, facts: Facts, config: Config) -> frozenset[str]:
+    """The results that refuse this outcome.
+
+    HELO: helo_reject_results, for every message or (helo_reject_scope = null-sender)
+    only for the null sender.  MAIL FROM: mailfrom_reject_results, or for a domain in
+    require_pass_domains every result but pass (temperror defers instead, see :func:`decide`).
+    """
+    if outcome.identity is Identity.HELO:
+        if config.helo_reject_scope is HeloRejectScope.NULL_SENDER and facts.sender:
+            return frozenset()
+        return config.helo_reject_results
+    if requires_pass(outcome, config):
+        return frozenset(result.value for result in SpfResult
+                         if result not in (SpfResult.PASS, SpfResult.TEMPERROR))
+    return config.mailfrom_reject_results
+
+
+def refusal_text(built_in: str, outcome: SpfOutcome, facts: Facts, config: Config) -> str:
+    """The text of an SPF refusal: reject_text with its placeholders filled, or ``built_in``.
+
+    The domain and the sender come from the client: each value is cleaned for an SMTP
+    reply (:func:`~spfmilter.text.reply_text`) before it goes in, and so is the result.
+    """
+    if not config.reject_text:
+        return reply_text(built_in)
+    values = {
+        "result": outcome.result.value,
+        "domain": outcome.domain or outcome.sender,
+        "ip": facts.client_ip or "unknown",
+        "identity": outcome.identity.value,
+        "sender": facts.sender or "<>",
+    }
+    return reply_text(config.reject_text.format(**{name: reply_text(value, 256) for name, value in values.items()}))
 
 
 def _what(outcome: SpfOutcome) -> str:
@@ -129,12 +228,13 @@ def _what(outcome: SpfOutcome) -> str:
     return f"{outcome.domain or 'sender'} (MAIL FROM {outcome.sender or '<>'})"
 
 
-def _reject(outcome: SpfOutcome, facts: Facts) -> Decision:
+def _reject(outcome: SpfOutcome, facts: Facts, config: Config) -> Decision:
     ip = facts.client_ip or "unknown"
     if outcome.result is SpfResult.PERMERROR:
         # RFC 7372 section 3.2: 5.7.24 is an SPF validation error.
         text = f"SPF permanent error for {_what(outcome)}: {outcome.problem or 'invalid SPF record'}"
-        return Decision(Action.REJECT, Reply(550, "5.7.24", reply_text(text)), outcome.identity)
+        return Decision(Action.REJECT, Reply(550, "5.7.24", refusal_text(text, outcome, facts, config)),
+                        outcome.identity)
     if outcome.result is SpfResult.FAIL and outcome.explanation:
         # RFC 7208 section 8.4: say that the text comes from the sender's domain.
         text = f"SPF fail for {_what(outcome)}; {outcome.domain} explains: {outcome.explanation}"
@@ -144,7 +244,7 @@ def _reject(outcome: SpfOutcome, facts: Facts) -> Decision:
         text = (f"SPF {outcome.result.value} for {_what(outcome)}: "
                 f"{ip} is not authorized to send for {outcome.domain or outcome.sender}")
     # RFC 7372 section 3.2: 5.7.23 means SPF validation failed.
-    return Decision(Action.REJECT, Reply(550, "5.7.23", reply_text(text)), outcome.identity)
+    return Decision(Action.REJECT, Reply(550, "5.7.23", refusal_text(text, outcome, facts, config)), outcome.identity)
 
 
 def is_exempt_recipient(recipient: str, config: Config) -> bool:
@@ -161,17 +261,30 @@ class Evaluation:
 
     facts: Facts
     skip_reason: Optional[str] = None  # set when the client is trusted and nothing was checked
+    outsider: bool = False  # skipped by an allow-list for outside relays (see vouched_for)
     outcomes: Optional[tuple[SpfOutcome, SpfOutcome]] = None  # (helo, mailfrom)
     decision: Decision = ACCEPT
 
 
-def evaluate(facts: Facts, config: Config,
-             verify: Callable[[Optional[str], str, str], tuple[SpfOutcome, SpfOutcome]]) -> Evaluation:
-    """Trust check, then SPF for both identities (``verify(ip, helo, sender)``), then decide."""
+def evaluate(facts: Facts, config: Config, checks: SpfChecks) -> Evaluation:
+    """Trust check, allow-lists, then SPF for the identities in check_identities (``checks``:
+    one transaction's :class:`~spfmilter.verify.Checks`), then decide."""
     why = trust_reason(facts, config)
     if why is not None:
         return Evaluation(facts, skip_reason=why)
-    helo, mailfrom = verify(facts.client_ip, facts.helo, facts.sender)
+    why = allowlist_reason(facts, config, checks)
+    if why is not None:
+        return Evaluation(facts, skip_reason=why, outsider=True)
+    ip, helo_name, sender = facts.client_ip, facts.helo, facts.sender
+    if "helo" in config.check_identities:
+        helo = checks.helo(ip, helo_name)
+    else:
+        helo = not_checked(Identity.HELO, helo_name.rstrip("."), f"postmaster@{helo_name}")
+    if "mailfrom" in config.check_identities:
+        mailfrom = checks.mailfrom(ip, helo_name, sender)
+    else:
+        address = parse_envelope_address(sender)
+        mailfrom = not_checked(Identity.MAILFROM, address.domain, address.text or f"postmaster@{helo_name}")
     return Evaluation(facts, outcomes=(helo, mailfrom), decision=decide(helo, mailfrom, facts, config))
 
 

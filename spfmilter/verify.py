@@ -54,6 +54,13 @@ class SpfOutcome:
     mechanism: Optional[str] = None  # the term that matched; "default" when none did
     explanation: Optional[str] = None  # the domain's own exp= text (fail only)
     problem: Optional[str] = None  # why: permerror/temperror detail, or why no check was made
+    checked: bool = True  # False: check_identities turned this identity off (no header, no log line)
+
+
+def not_checked(identity: Identity, domain: str, sender: str) -> SpfOutcome:
+    """The outcome of an identity that check_identities leaves out: no SPF statement at all."""
+    return SpfOutcome(identity, SpfResult.NONE, domain, sender,
+                      problem="not checked (check_identities)", checked=False)
 
 
 class _Query(spf.query):
@@ -165,23 +172,13 @@ class Verifier:
         self._clock = clock
         self._helo_cache: dict[tuple[str, str], SpfOutcome] = {}
 
+    def checks(self) -> "Checks":
+        """The checks of one transaction, all under one DNS time budget that starts now."""
+        return Checks(self, self._clock() + self._budget)
+
     def verify(self, ip: Optional[str], helo: str, sender: str) -> tuple[SpfOutcome, SpfOutcome]:
         """Both identities for one transaction, within one DNS time budget."""
-        address = parse_envelope_address(sender)
-        if ip is None:  # SPF is a statement about an IP address; without one there is nothing to check
-            why = "client IP address unknown"
-            return (SpfOutcome(Identity.HELO, SpfResult.NONE, "", f"postmaster@{helo}", problem=why),
-                    SpfOutcome(Identity.MAILFROM, SpfResult.NONE, address.domain,
-                               address.text or f"postmaster@{helo}", problem=why))
-        deadline = self._clock() + self._budget  # one DNS time budget for the HELO and MAIL FROM checks
-        helo_outcome = self._helo(ip, helo, deadline)
-        if not address.text:
-            # RFC 7208 section 2.4: the null sender is checked as postmaster@<helo>,
-            # which is exactly the HELO check.
-            mailfrom = replace(helo_outcome, identity=Identity.MAILFROM)
-        else:
-            mailfrom = self._check(Identity.MAILFROM, ip, helo, address, deadline)
-        return helo_outcome, mailfrom
+        return self.checks().verify(ip, helo, sender)
 
     def _helo(self, ip: str, helo: str, deadline: float) -> SpfOutcome:
         key = (ip, helo.lower())
@@ -229,6 +226,66 @@ class Verifier:
                           mechanism=_mechanism_text(getattr(query, "mechanism", None)) if matched else None,
                           explanation=explanation if own_exp else None,
                           problem=getattr(query, "prob", None) if errored else None)
+
+
+class Checks:
+    """The SPF checks of one transaction (made by :meth:`Verifier.checks`), sharing one deadline:
+    the identities, and the allow-lists that need DNS (trusted_helo_names, trusted_ptr_domains,
+    trusted_spf_domains), so that together they never wait longer than ``dns_timeout``."""
+
+    def __init__(self, verifier: Verifier, deadline: float):
+        self._verifier = verifier
+        self._deadline = deadline
+
+    def verify(self, ip: Optional[str], helo: str, sender: str) -> tuple[SpfOutcome, SpfOutcome]:
+        """Both identities."""
+        return self.helo(ip, helo, sender), self.mailfrom(ip, helo, sender)
+
+    def helo(self, ip: Optional[str], helo: str, sender: str = "") -> SpfOutcome:
+        """The HELO identity (RFC 7208 section 2.3); cached for the connection."""
+        if ip is None:  # SPF is a statement about an IP address; without one there is nothing to check
+            return SpfOutcome(Identity.HELO, SpfResult.NONE, "", f"postmaster@{helo}", problem=_NO_IP)
+        return self._verifier._helo(ip, helo, self._deadline)
+
+    def mailfrom(self, ip: Optional[str], helo: str, sender: str) -> SpfOutcome:
+        """The MAIL FROM identity (RFC 7208 section 2.4)."""
+        address = parse_envelope_address(sender)
+        if ip is None:
+            return SpfOutcome(Identity.MAILFROM, SpfResult.NONE, address.domain,
+                              address.text or f"postmaster@{helo}", problem=_NO_IP)
+        if not address.text:
+            # RFC 7208 section 2.4: the null sender is checked as postmaster@<helo>,
+            # which is exactly the HELO check.
+            return replace(self.helo(ip, helo), identity=Identity.MAILFROM)
+        return self._verifier._check(Identity.MAILFROM, ip, helo, address, self._deadline)
+
+    def authorizes(self, ip: str, domain: str) -> bool:
+        """Whether ``domain``'s own SPF policy passes ``ip`` (checked as postmaster@domain,
+        as policyd-spf's Domain_Whitelist does); any error is "no"."""
+        if not is_spf_domain(domain):
+            return False
+        try:
+            query = _Query(ip, f"postmaster@{domain}", domain, self._verifier._client, self._deadline,
+                           self._verifier._receiver)
+            result, _code, _exp = query.check()
+        except Exception:  # pyspf bug or hostile data: not authorized
+            log.exception("SPF evaluation of trusted domain %s failed", domain)
+            return False
+        if result == "temperror":
+            log.debug("trusted_spf_domains: %s could not be checked: %s", domain, getattr(query, "prob", ""))
+        return bool(result == "pass")
+
+    def validated_ptrs(self, ip: str) -> list[str]:
+        """The client's validated PTR names (RFC 7208 section 5.5), lower case without the root dot."""
+        try:
+            query = _Query(ip, "postmaster@ptr.invalid", "ptr.invalid", self._verifier._client, self._deadline,
+                           self._verifier._receiver)
+            return [name.lower().rstrip(".") for name in query.validated_ptrs()]
+        except spf.PermError:  # more void lookups than section 4.6.4 allows: no names
+            return []
+
+
+_NO_IP = "client IP address unknown"
 
 
 def _mechanism_text(mechanism: object) -> str:

@@ -23,10 +23,10 @@ _real_evaluate = policy.evaluate
 _real_rcpt_verdict = policy.rcpt_verdict
 
 
-def _evaluate(facts, config, verify):
+def _evaluate(facts, config, checks):
     if facts.sender.startswith("crash-verify@"):
         raise RuntimeError("injected failure in verification")
-    return _real_evaluate(facts, config, verify)
+    return _real_evaluate(facts, config, checks)
 
 
 def _rcpt_verdict(evaluation, recipient, config, held):

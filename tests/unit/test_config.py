@@ -15,7 +15,9 @@ from spfmilter.config import (
     ErrorAction,
     FailHold,
     HeaderType,
+    HeloRejectScope,
     LogDestination,
+    MacroMatch,
     Mode,
     SocketSpec,
     TempErrorAction,
@@ -52,9 +54,18 @@ EXPECTED_DEFAULTS = {
     "authserv_id": "default.test",
     "trusted_networks": LOOPBACK,
     "trust_authenticated": True,
+    "trusted_helo_names": frozenset(),
+    "trusted_ptr_domains": frozenset(),
+    "trusted_spf_domains": (),
+    "skip_macros": (),
     "helo_reject_results": frozenset({"fail"}),
     "mailfrom_reject_results": frozenset({"fail"}),
+    "check_identities": frozenset({"helo", "mailfrom"}),
+    "helo_reject_scope": HeloRejectScope.ALL,
+    "require_pass_domains": frozenset(),
     "temperror_action": TempErrorAction.DEFER,
+    "reject_text": "",
+    "enhanced_status_codes": True,
     "exempt_recipients": ("postmaster", "abuse"),
     "dns_timeout": 20.0,  # RFC 7208 section 4.6.4
     "dns_servers": (),
@@ -227,6 +238,26 @@ GOOD_VALUES = [
     ("metrics_listen", "127.0.0.1:9899", "127.0.0.1:9899"),
     ("metrics_listen", "[::1]:9899", "[::1]:9899"),
     ("metrics_listen", "", ""),
+    ("trusted_helo_names", "Relay.Example.NET. mx.partner.example",
+     frozenset({"relay.example.net", "mx.partner.example"})),
+    ("trusted_ptr_domains", "forwarder.example", frozenset({"forwarder.example"})),
+    ("trusted_spf_domains", "pobox.com, Example.ORG, pobox.com", ("pobox.com", "example.org")),  # order kept
+    ("trusted_spf_domains", "", ()),
+    ("skip_macros", "{daemon_name}=submission, {daemon_name}=smtps {auth_type} j",
+     (MacroMatch("{daemon_name}", "submission"), MacroMatch("{daemon_name}", "smtps"), MacroMatch("{auth_type}"),
+      MacroMatch("j"))),
+    ("skip_macros", "", ()),
+    ("check_identities", "helo", frozenset({"helo"})),
+    ("check_identities", "MailFrom", frozenset({"mailfrom"})),
+    ("check_identities", "mailfrom, helo", frozenset({"helo", "mailfrom"})),
+    ("helo_reject_scope", "null-sender", HeloRejectScope.NULL_SENDER),
+    ("helo_reject_scope", "all", HeloRejectScope.ALL),
+    ("require_pass_domains", "Bank.Example", frozenset({"bank.example"})),
+    ("reject_text", "  SPF {result} for {domain} ({identity}, {ip}, {sender}): see https://x.example/spf?d={domain}  ",
+     "SPF {result} for {domain} ({identity}, {ip}, {sender}): see https://x.example/spf?d={domain}"),
+    ("reject_text", "Refused; {{braces}} are literal", "Refused; {{braces}} are literal"),
+    ("reject_text", "", ""),
+    ("enhanced_status_codes", "no", False),
 ]
 
 
@@ -318,6 +349,24 @@ BAD_VALUES = [
     ("metrics_listen", "example.com:9899", "expected HOST:PORT"),
     ("metrics_listen", "999.1.1.1:80", "bad address"),
     ("metrics_listen", "127.0.0.1:\u0669\u0668\u0669\u0669", "expected HOST:PORT"),  # digits, but not ASCII ones
+    ("trusted_helo_names", "relay..example", "bad domain"),
+    ("trusted_ptr_domains", "*.example", "bad domain"),
+    ("trusted_spf_domains", "pobox.com, not_a domain!", "bad domain"),
+    ("skip_macros", "daemon_name=submission", "bad macro 'daemon_name': expected a name in braces"),
+    ("skip_macros", "{daemon_name}=", "no value after '='"),
+    ("skip_macros", "{daemon name}", "bad macro"),
+    ("check_identities", "", "at least one identity"),
+    ("check_identities", "helo, rcpt", "unknown identity 'rcpt'"),
+    ("helo_reject_scope", "null", "expected one of: all, null-sender"),
+    ("require_pass_domains", "bank..example", "bad domain"),
+    ("reject_text", "SPF {result} for {recipient}", "unknown placeholder {recipient}: use {result}, {domain}"),
+    ("reject_text", "SPF {result!r}", "unknown placeholder {result!r}"),
+    ("reject_text", "SPF {0}", "unknown placeholder {0}"),
+    ("reject_text", "SPF {result", "write {{ and }} for a literal brace"),
+    ("reject_text", "100% refused", "'%' cannot be used"),
+    ("reject_text", "r\u00e9fus\u00e9", "printable ASCII"),
+    ("reject_text", "x" * 201, "at most 200 characters"),
+    ("enhanced_status_codes", "sometimes", "expected yes or no"),
 ]
 
 
@@ -605,6 +654,9 @@ ROUND_TRIP_TEXTS = [
     "socket = local:/run/spfmilter.sock\ntrusted_networks =\nexempt_recipients =\nheader_type = none\n",
     "socket = inet:25@localhost\nhelo_reject_results = none neutral\ndns_timeout = 0.1\n",
     "dns_servers = [::1]\nhelo_reject_results =\nmailfrom_reject_results = fail softfail neutral none permerror\n",
+    "trusted_helo_names = relay.example\ntrusted_spf_domains = b.example a.example\nskip_macros = {daemon_name}=sub j\n"
+    "check_identities = helo\nhelo_reject_scope = null-sender\nreject_text = SPF {result}, {{x}}: {domain}\n"
+    "enhanced_status_codes = no\ntrusted_ptr_domains = fwd.example\n",
 ]
 
 
@@ -679,5 +731,7 @@ def test_cross_checks_name_the_keys():
     assert info.value.problems == ["x.conf: srs_hash_min_length cannot be more than srs_hash_length"]
     with pytest.raises(ConfigError, match="example.com: in both enforce_domains and header_only_domains"):
         parse_text("enforce_domains = example.com\nheader_only_domains = example.com\n", "x.conf")
+    with pytest.raises(ConfigError, match="require_pass_domains needs mailfrom in check_identities"):
+        parse_text("check_identities = helo\nrequire_pass_domains = bank.example\n", "x.conf")
     with pytest.raises(ConfigError, match="srs_domain cannot be in srs_exclude_domains"):
         parse_text("srs_domain = a.example\nsrs_exclude_domains = a.example\n", "x.conf")

@@ -42,6 +42,39 @@ def mailfrom(result: SpfResult, **kw) -> SpfOutcome:
     return SpfOutcome(Identity.MAILFROM, result, kw.pop("domain", "example.org"), kw.pop("sender", SENDER), **kw)
 
 
+class FakeChecks:
+    """policy.SpfChecks answered from a table; ``calls`` records what was asked."""
+
+    def __init__(self, outcomes=None, authorized=(), ptrs=()):
+        self.outcomes = outcomes or (helo(SpfResult.PASS), mailfrom(SpfResult.PASS))
+        self.authorized = set(authorized)
+        self.ptrs = list(ptrs)
+        self.calls = []
+
+    def helo(self, ip, helo_name, sender=""):
+        self.calls.append(("helo", ip, helo_name))
+        return self.outcomes[0]
+
+    def mailfrom(self, ip, helo_name, sender):
+        self.calls.append(("mailfrom", ip, helo_name, sender))
+        return self.outcomes[1]
+
+    def authorizes(self, ip, domain):
+        self.calls.append(("authorizes", ip, domain))
+        return domain in self.authorized
+
+    def validated_ptrs(self, ip):
+        self.calls.append(("ptr", ip))
+        return self.ptrs
+
+
+class NoChecks(FakeChecks):
+    def __getattribute__(self, name):
+        if name in ("helo", "mailfrom", "authorizes", "validated_ptrs"):
+            raise AssertionError(f"must not look anything up ({name})")
+        return super().__getattribute__(name)
+
+
 def assert_safe_reply(decision: Decision):
     assert re.fullmatch(r"[\x20-\x7e]*", decision.reply.text), decision.reply.text
     assert "%" not in decision.reply.text
@@ -318,25 +351,17 @@ def test_unix_socket_clients_are_local_and_trusted(cfgtext):
 
 
 def test_evaluate_skips_trusted_clients_without_verifying():
-    def verify(*args):
-        raise AssertionError("must not verify a trusted client")
-
-    evaluation = evaluate(Facts("127.0.0.1", HELO, SENDER), config(), verify)
+    evaluation = evaluate(Facts("127.0.0.1", HELO, SENDER), config(), NoChecks())
     assert evaluation.skip_reason == "trusted network 127.0.0.0/8"
     assert evaluation.outcomes is None
     assert evaluation.decision == ACCEPT
 
 
 def test_evaluate_verifies_and_decides():
-    calls = []
     outcomes = (helo(SpfResult.PASS), mailfrom(SpfResult.FAIL))
-
-    def verify(ip, helo_name, sender):
-        calls.append((ip, helo_name, sender))
-        return outcomes
-
-    evaluation = evaluate(FACTS, config(), verify)
-    assert calls == [(IP, HELO, SENDER)]
+    checks = FakeChecks(outcomes)
+    evaluation = evaluate(FACTS, config(), checks)
+    assert checks.calls == [("helo", IP, HELO), ("mailfrom", IP, HELO, SENDER)]
     assert evaluation.skip_reason is None
     assert evaluation.outcomes == outcomes
     assert evaluation.decision.action is Action.REJECT
@@ -427,6 +452,175 @@ def test_held_for_dkim_only_for_the_mail_from_identity(sender, helo_result, mail
     mail_domain = "example.org" if sender else HELO
     outcomes = (helo(helo_result), mailfrom(mailfrom_result, domain=mail_domain, sender=sender or f"postmaster@{HELO}"))
     evaluation = evaluate(facts, config("spf_fail_hold = dkim\nmailfrom_reject_results = fail, permerror"),
-                          lambda *args: outcomes)
+                          FakeChecks(outcomes))
     assert held_for_dkim(evaluation, config("spf_fail_hold = dkim")) is held
     assert deciding_domain(evaluation) == domain
+
+
+# --------------------------------------------------------------------------- issue 14: allow-lists and options
+
+from spfmilter.policy import allowlist_reason, in_domains, refusal_text, vouched_for  # noqa: E402
+
+
+@pytest.mark.parametrize("name, domains, expected", [
+    ("mail.fwd.example", {"fwd.example"}, "fwd.example"),
+    ("fwd.example.", {"fwd.example"}, "fwd.example"),
+    ("MAIL.FWD.Example", {"fwd.example"}, "fwd.example"),
+    ("mail.notfwd.example", {"fwd.example"}, None),  # a label boundary, not a string suffix
+    ("fwd.example.evil", {"fwd.example"}, None),
+    ("a.b.example", {"example", "b.example"}, "b.example"),  # the closest entry
+])
+def test_in_domains(name, domains, expected):
+    assert in_domains(name, frozenset(domains)) == expected
+
+
+@pytest.mark.parametrize("cfgtext, macros, expected", [
+    ("skip_macros = {daemon_name}=submission", (("{daemon_name}", "submission"),), "macro {daemon_name}=submission"),
+    ("skip_macros = {daemon_name}=submission", (("{daemon_name}", "Submission"),), None),  # exact, as pyspf-milter
+    ("skip_macros = {daemon_name}=submission", (("{daemon_name}", "mx.test"),), None),
+    ("skip_macros = {daemon_name}=submission", (), None),  # the MTA did not send it
+    ("skip_macros = {daemon_name}=smtps {daemon_name}=submission", (("{daemon_name}", "submission"),),
+     "macro {daemon_name}=submission"),
+    ("skip_macros = {auth_type}", (("{auth_type}", "PLAIN"),), "macro {auth_type}=PLAIN"),  # any value
+    ("skip_macros = {auth_type}", (("{auth_type}", ""),), None),  # but not an empty one
+    ("", (("{daemon_name}", "submission"),), None),
+])
+def test_skip_macros(cfgtext, macros, expected):
+    facts = Facts(IP, HELO, SENDER, macros=macros)
+    assert trust_reason(facts, config(cfgtext)) == expected
+    evaluation = evaluate(facts, config(cfgtext), NoChecks() if expected else FakeChecks())
+    assert evaluation.skip_reason == expected
+    if expected:  # a transaction the admin exempts (a submission port) is one of ours for SRS
+        assert vouched_for(evaluation) and not evaluation.outsider
+
+
+@pytest.mark.parametrize("cfgtext, helo_result, ptrs, authorized, expected", [
+    ("trusted_helo_names = mail.example.net", SpfResult.PASS, (), (), f"trusted HELO name {HELO}"),
+    ("trusted_helo_names = MAIL.example.net.", SpfResult.PASS, (), (), f"trusted HELO name {HELO}"),
+    ("trusted_helo_names = mail.example.net", SpfResult.FAIL, (), (), None),  # a forged HELO name
+    ("trusted_helo_names = mail.example.net", SpfResult.NEUTRAL, (), (), None),
+    ("trusted_helo_names = mail.example.net", SpfResult.TEMPERROR, (), (), None),
+    ("trusted_helo_names = other.example", SpfResult.PASS, (), (), None),
+    ("trusted_ptr_domains = fwd.example", SpfResult.PASS, ("out1.fwd.example",), (),
+     "trusted PTR name out1.fwd.example in fwd.example"),
+    ("trusted_ptr_domains = fwd.example", SpfResult.PASS, ("out1.notfwd.example",), (), None),
+    ("trusted_ptr_domains = fwd.example", SpfResult.PASS, (), (), None),
+    ("trusted_spf_domains = pobox.example, list.example", SpfResult.PASS, (), ("list.example",),
+     "authorized by trusted SPF domain list.example"),
+    ("trusted_spf_domains = pobox.example", SpfResult.PASS, (), (), None),
+])
+def test_allowlists(cfgtext, helo_result, ptrs, authorized, expected):
+    checks = FakeChecks((helo(helo_result), mailfrom(SpfResult.FAIL)), authorized=authorized, ptrs=ptrs)
+    assert allowlist_reason(FACTS, config(cfgtext), checks) == expected
+    evaluation = evaluate(FACTS, config(cfgtext + "\nmode = enforce"), checks)
+    assert evaluation.skip_reason == expected
+    if expected:
+        assert evaluation.outcomes is None and evaluation.decision == ACCEPT
+        assert not vouched_for(evaluation)  # an outside relay, not one of ours: SRS still rewrites for it
+    else:
+        assert evaluation.decision.action is Action.REJECT
+
+
+def test_allowlists_cost_nothing_when_unset_and_go_cheapest_first():
+    checks = FakeChecks()
+    evaluate(FACTS, config(), checks)
+    assert [call[0] for call in checks.calls] == ["helo", "mailfrom"]
+    checks = FakeChecks((helo(SpfResult.SOFTFAIL), mailfrom(SpfResult.PASS)), authorized=("b.example",))
+    evaluate(FACTS, config("trusted_helo_names = mail.example.net\ntrusted_ptr_domains = fwd.example\n"
+                           "trusted_spf_domains = a.example b.example c.example"), checks)
+    assert checks.calls == [("helo", IP, HELO), ("ptr", IP), ("authorizes", IP, "a.example"),
+                            ("authorizes", IP, "b.example")]  # stops at the first that authorizes
+    # the HELO name is not listed: no check made for the list; and no client address, no lookups
+    checks = FakeChecks()
+    assert allowlist_reason(FACTS, config("trusted_helo_names = other.example"), checks) is None
+    assert checks.calls == []
+    assert allowlist_reason(Facts(None, HELO, SENDER), config("trusted_spf_domains = a.example"), NoChecks()) is None
+
+
+@pytest.mark.parametrize("identities, calls, helo_checked, mailfrom_checked", [
+    ("helo, mailfrom", ["helo", "mailfrom"], True, True),
+    ("helo", ["helo"], True, False),
+    ("mailfrom", ["mailfrom"], False, True),
+])
+def test_check_identities(identities, calls, helo_checked, mailfrom_checked):
+    checks = FakeChecks((helo(SpfResult.FAIL), mailfrom(SpfResult.FAIL)))
+    evaluation = evaluate(FACTS, config(f"check_identities = {identities}\nhelo_reject_results = fail, none\n"
+                                        "mailfrom_reject_results = fail, none"), checks)
+    assert [call[0] for call in checks.calls] == calls
+    helo_outcome, mailfrom_outcome = evaluation.outcomes
+    assert (helo_outcome.checked, mailfrom_outcome.checked) == (helo_checked, mailfrom_checked)
+    # the identity left out decides nothing (its stand-in result "none" is rejectable here)
+    assert evaluation.decision.identity is (Identity.HELO if helo_checked else Identity.MAILFROM)
+
+
+def test_identity_left_out_never_refuses():
+    unchecked = evaluate(FACTS, config("check_identities = mailfrom\nhelo_reject_results = none"),
+                         FakeChecks((helo(SpfResult.FAIL), mailfrom(SpfResult.PASS))))
+    assert unchecked.decision == ACCEPT
+    assert unchecked.outcomes[0].problem == "not checked (check_identities)"
+
+
+@pytest.mark.parametrize("scope, sender, refused", [
+    ("all", SENDER, True),
+    ("all", "", True),
+    ("null-sender", SENDER, False),
+    ("null-sender", "", True),
+])
+def test_helo_reject_scope(scope, sender, refused):
+    facts = Facts(IP, HELO, sender)
+    decision = decide(helo(SpfResult.FAIL), mailfrom(SpfResult.PASS), facts,
+                      config(f"helo_reject_scope = {scope}"))
+    assert decision.refuses is refused
+    if refused:
+        assert decision.identity is Identity.HELO
+
+
+@pytest.mark.parametrize("result, action, code", [
+    (SpfResult.PASS, Action.ACCEPT, None),
+    (SpfResult.FAIL, Action.REJECT, (550, "5.7.23")),
+    (SpfResult.SOFTFAIL, Action.REJECT, (550, "5.7.23")),
+    (SpfResult.NEUTRAL, Action.REJECT, (550, "5.7.23")),
+    (SpfResult.NONE, Action.REJECT, (550, "5.7.23")),
+    (SpfResult.PERMERROR, Action.REJECT, (550, "5.7.24")),
+    (SpfResult.TEMPERROR, Action.DEFER, (451, "4.7.24")),  # deferred even with temperror_action = accept
+])
+def test_require_pass_domains(result, action, code):
+    cfg = config("require_pass_domains = bank.example\nmailfrom_reject_results =\ntemperror_action = accept")
+    facts = Facts(IP, HELO, "alerts@bank.example")
+    decision = decide(helo(SpfResult.PASS), mailfrom(result, domain="Bank.Example.", sender=facts.sender), facts, cfg)
+    assert decision.action is action
+    assert (decision.reply and (decision.reply.code, decision.reply.xcode)) == (code or None)
+    # other domains keep mailfrom_reject_results (empty here: nothing refused, temperror accepted)
+    other = decide(helo(SpfResult.PASS), mailfrom(result, domain="sub.bank.example"), FACTS, cfg)
+    assert other == ACCEPT
+
+
+def test_reject_text_fills_placeholders():
+    cfg = config("mode = enforce\nreject_text = SPF {result} for {domain} ({identity}) from {ip}, "
+                 "sender {sender}: see https://mx.test/spf")
+    decision = decide(helo(SpfResult.PASS), mailfrom(SpfResult.FAIL), FACTS, cfg)
+    assert decision.reply == Reply(550, "5.7.23", f"SPF fail for example.org (mailfrom) from {IP}, "
+                                                  f"sender {SENDER}: see https://mx.test/spf")
+    deferred = decide(helo(SpfResult.PASS), mailfrom(SpfResult.TEMPERROR), FACTS, cfg)
+    assert deferred.reply.text.startswith("SPF temperror for example.org (mailfrom)")
+    helo_refusal = decide(helo(SpfResult.FAIL), mailfrom(SpfResult.PASS), FACTS, cfg)
+    assert helo_refusal.reply.text.startswith(f"SPF fail for {HELO} (helo)")
+
+
+@pytest.mark.parametrize("hostile", [
+    "evil\r\n250 ok@x.example",
+    "a%s%n{result}{0}@x.example",
+    "\u00e9\u0000\u2028" + "x" * 600 + "@x.example",
+])
+def test_reject_text_cleans_what_the_client_sent(hostile):
+    cfg = config("reject_text = refused {sender} / {domain} / {result}")
+    facts = Facts(IP, HELO, hostile)
+    decision = decide(helo(SpfResult.PASS), mailfrom(SpfResult.FAIL, domain=hostile, sender=hostile), facts, cfg)
+    assert_safe_reply(decision)
+    assert decision.reply.text.startswith("refused ") and decision.reply.text.endswith(("/ fail", "..."))
+    assert "{result}" in decision.reply.text or "%" not in hostile  # placeholders in values stay text
+
+
+def test_reject_text_empty_is_the_built_in_text():
+    text = refusal_text("built in", mailfrom(SpfResult.FAIL), FACTS, config())
+    assert text == "built in"

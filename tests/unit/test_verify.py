@@ -594,3 +594,49 @@ def test_unknown_client_address_gives_none_for_both_identities_without_dns():
     helo, mailfrom = verifier.verify(None, "mx.example.net", "a@example.org")
     assert (helo.result, helo.problem) == (SpfResult.NONE, "client IP address unknown")
     assert (mailfrom.result, mailfrom.sender, mailfrom.domain) == (SpfResult.NONE, "a@example.org", "example.org")
+
+
+# ---------------------------------------------------------------------------
+# one transaction's Checks: the allow-list lookups (issue 14)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ip, domain, authorized", [
+    (CLIENT, "pass.example", True),
+    (OTHER, "pass.example", False),
+    (CLIENT, "softfail.example", False),  # only pass authorizes
+    (CLIENT, "include.example", True),
+    (CLIENT, "servfail.example", False),  # a DNS error is "no"
+    (CLIENT, "eleven.example", False),  # permerror
+    (CLIENT, "nospf.example", False),
+    (CLIENT, "not a domain", False),
+])
+def test_checks_authorizes(srv, ip, domain, authorized):
+    assert Verifier(srv, receiver="mx.test", budget=5.0).checks().authorizes(ip, domain) is authorized
+
+
+@pytest.mark.parametrize("ip, names", [
+    (PTR_LOOP_FIRST, ["good.ptrs.example"]),  # the name in a CNAME loop does not validate
+    (PTR_LOOP_ONLY, []),
+    (PTR_BROKEN, []),  # SERVFAIL on the PTR lookup: no names, no error
+    (OTHER, []),  # no PTR record
+])
+def test_checks_validated_ptrs(ptr_srv, ip, names):
+    assert Verifier(ptr_srv, receiver="mx.test", budget=5.0).checks().validated_ptrs(ip) == names
+
+
+def test_checks_share_one_budget():
+    """An allow-list lookup that hangs uses up the transaction's budget: the identities after it
+    get temperror at once instead of waiting dns_timeout again."""
+    with DNSServer() as slow:
+        slow.fault("hang.slow.example", "timeout")
+        slow.add("fine.slow.example", "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
+        checks = Verifier(client_for(slow), receiver="mx.test", budget=0.5).checks()
+        started = time.monotonic()
+        assert checks.authorizes(CLIENT, "hang.slow.example") is False
+        outcome = checks.mailfrom(CLIENT, "fine.slow.example", "erin@fine.slow.example")
+        assert time.monotonic() - started < 1.0
+        assert outcome.result is R.TEMPERROR and "budget exhausted" in outcome.problem
+        # a new transaction has a new budget
+        fresh = Verifier(client_for(slow), receiver="mx.test", budget=0.5).checks()
+        assert fresh.mailfrom(CLIENT, "fine.slow.example", "erin@fine.slow.example").result is R.PASS
