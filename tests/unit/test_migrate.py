@@ -22,11 +22,6 @@ DATA = ROOT / "tests" / "data" / "migrate"
 DEBIAN_FILES = ("policyd-spf.conf", "policyd-spf.conf.commented", "pyspf-milter.conf", "postsrsd")
 
 # Keys issue 14 adds in parallel (item 1); migrate-config may write them before this branch knows them.
-PARALLEL_KEYS = {"trusted_helo_names", "trusted_spf_domains", "trusted_ptr_domains", "reject_text",
-                 "enhanced_status_codes", "check_identities", "helo_reject_scope", "require_pass_domains",
-                 "skip_macros"}
-
-
 def settings(text: str, program: str = "") -> dict[str, str]:
     """The active (not commented-out) settings migrate() makes of ``text``."""
     return {s.key: s.value for s in migrate(text, program=program).settings if not s.commented_out}
@@ -37,17 +32,11 @@ def warnings(text: str, program: str = "") -> list[str]:
 
 
 def check_output(text: str) -> None:
-    """The migrated file names only spfmilter keys and parses; keys of the parallel branch are
-    checked by name only until they exist here."""
-    lines = []
+    """The migrated file names only spfmilter keys and parses as a whole."""
     for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key = line.partition("=")[0].strip()
-        assert key in KEYS_BY_NAME or key in PARALLEL_KEYS, key
-        if key in KEYS_BY_NAME:
-            lines.append(line)
-    parse_text("\n".join(lines), "migrated.conf", authserv_id_default="mx.test")
+        if line.strip() and not line.startswith("#"):
+            assert line.partition("=")[0].strip() in KEYS_BY_NAME, line
+    parse_text(text, "migrated.conf", authserv_id_default="mx.test")
 
 
 # --------------------------------------------------------------------------- --check-config hints
@@ -97,7 +86,7 @@ def test_foreign_table_names_only_spfmilter_keys():
     """Every `use` of the hint table is a key of spfmilter (or of the keys issue 14 adds)."""
     for spec in FOREIGN_KEYS:
         named = set(re.findall(r"\b[a-z]+(?:_[a-z]+)+\b", spec.use))
-        assert named <= set(KEYS_BY_NAME) | PARALLEL_KEYS, spec.name
+        assert named <= set(KEYS_BY_NAME), spec.name
         assert spec.use or spec.why, spec.name
         assert spec.name not in KEYS_BY_NAME, spec.name  # never shadows one of ours
 
