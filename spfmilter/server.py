@@ -716,6 +716,7 @@ def run_socketmap(listener: socket.socket, srs_policy, drain_timeout: float) -> 
     if not server.stop(drain_timeout):
         log.warning("SRS socketmap stopping with connections still open after %g s", drain_timeout)
         return 1
+    log.info("SRS socketmap process stopped")
     return 0
 
 

@@ -178,16 +178,16 @@ class SocketmapServer:
         idle_since = time.monotonic()
         begun: Optional[float] = None  # when the request now arriving began
         while True:
-            now = time.monotonic()
-            if begun is None and (self._stopping.is_set() or now - idle_since > self.idle_timeout):
-                return
-            if begun is not None and now - begun > self.request_timeout:
-                log.warning("srs socketmap: a request took longer than %g s to arrive; closing the connection",
-                            self.request_timeout)
-                return
             try:
                 data = conn.recv(4096)
             except socket.timeout:
+                # only here, with nothing waiting: a request already sent is answered, even one
+                # that reached a connection accepted just as the stop began
+                now = time.monotonic()
+                if begun is None and (self._stopping.is_set() or now - idle_since > self.idle_timeout):
+                    return
+                if self._too_slow(begun):
+                    return
                 continue
             except OSError:
                 return
@@ -203,3 +203,12 @@ class SocketmapServer:
             conn.settimeout(POLL)
             idle_since = time.monotonic()
             begun = (begun or idle_since) if session.pending else None
+            if self._too_slow(begun):  # a request trickling in, a byte at a time
+                return
+
+    def _too_slow(self, begun: Optional[float]) -> bool:
+        if begun is None or time.monotonic() - begun <= self.request_timeout:
+            return False
+        log.warning("srs socketmap: a request took longer than %g s to arrive; closing the connection",
+                    self.request_timeout)
+        return True
