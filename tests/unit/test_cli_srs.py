@@ -105,3 +105,15 @@ def test_forward_leaves_an_excluded_sender_as_it_is(setup, capsys, exclude):
     assert main(["srs", "forward", "alice@other.test", "-c", str(conf)]) == 0  # others are rewritten
     keys = SrsKeys(load_secrets(str(secrets)))
     assert capsys.readouterr().out.strip() == forward("alice@other.test", "srs.example.net", keys, time.time())
+
+
+def test_check_config_checks_where_the_socketmap_goes(setup, capsys):
+    conf, _ = setup
+    text = conf.read_text()
+    conf.write_text(text + f"srs_socketmap = unix:{conf.parent}/missing/srs.sock\n")
+    assert main(["--check-config", "-c", str(conf)]) == 2
+    assert f"srs_socketmap unix:{conf.parent}/missing/srs.sock: directory {conf.parent}/missing: " \
+           "No such file or directory" in capsys.readouterr().err
+    conf.write_text(text + f"srs_socketmap = unix:{conf.parent}/srs.sock\n")
+    assert main(["--check-config", "-c", str(conf)]) == 0
+    assert f"srs_socketmap = unix:{conf.parent}/srs.sock" in capsys.readouterr().out
