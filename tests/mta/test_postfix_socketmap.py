@@ -19,7 +19,6 @@ import re
 import shutil
 import time
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -85,9 +84,10 @@ def sites(world, tmp_path_factory):
         os.chmod(path, 0o644)
 
     forwarder_port = free_port()
-    remote = PostfixInstance(directory / "remote", mydomain="remote.test", mydestination=("remote.test", "pass.example"),
-                             relayhost=f"[127.0.0.1]:{forwarder_port}",
-                             extra_main_cf={"smtpd_recipient_restrictions": f"check_recipient_access texthash:{refuse}"})
+    remote = PostfixInstance(directory / "remote", mydomain="remote.test",
+                             mydestination=("remote.test", "pass.example"), relayhost=f"[127.0.0.1]:{forwarder_port}",
+                             extra_main_cf={"smtpd_recipient_restrictions":
+                                            f"check_recipient_access texthash:{refuse}"})
     remote.start()
     milter = forwarder = None
     try:

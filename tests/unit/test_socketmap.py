@@ -255,3 +255,18 @@ def test_a_live_socket_is_not_taken_over_and_a_stale_one_is(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a socket"):
         open_listener(SocketSpec("unix", str(tmp_path / "file")))
+
+
+def test_an_inet_table_on_loopback(tmp_path):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    server = SocketmapServer(open_listener(SocketSpec("inet", "127.0.0.1", port)), POLICY, clock=lambda: NOW)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(ns("reverse " + GENUINE))
+            assert sock.recv(4096) == ns("OK alice@pass.example")
+    finally:
+        assert server.stop(5.0)
