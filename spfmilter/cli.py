@@ -284,7 +284,13 @@ def srs_command(args, config: Config) -> int:
     try:
         if args.srs_command == "forward":
             split_address(args.address)
-            print(forward(args.address, policy.domain, policy.keys, time.time()))
+            domain = args.address.rpartition("@")[2]
+            if policy.excluded(domain):
+                # what the milter and the socketmap send such mail with: the address as it is
+                print(f"spfmilter: not rewritten: {domain} is in srs_exclude_domains", file=sys.stderr)
+                print(args.address)
+            else:
+                print(forward(args.address, policy.domain, policy.keys, time.time()))
         else:
             print(reverse(args.address, policy.keys, time.time()))
     except SrsError as exc:

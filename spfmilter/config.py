@@ -165,6 +165,7 @@ class Config:
     srs_forward_table: str
     srs_exclude_domains: frozenset[str]
     srs_rewrite_trusted: bool
+    srs_socketmap: Optional[SocketSpec]
     enforce_domains: frozenset[str]
     header_only_domains: frozenset[str]
     header_only_senders: frozenset[str]
@@ -475,6 +476,51 @@ def parse_reject_text(text: str) -> str:
     return value
 
 
+def parse_domain_patterns(text: str) -> frozenset[str]:
+    """Domains, each either ``example.org`` (that domain) or PostSRSd's ``.example.org`` (any
+    subdomain of example.org, not example.org itself: list both for both)."""
+    patterns = set()
+    for item in _split_list(text.lower()):
+        item = item.rstrip(".")
+        if not is_hostname(item.removeprefix(".")):
+            raise ValueError(f"bad domain {item!r}: expected example.org, or .example.org for its subdomains")
+        patterns.add(item)
+    return frozenset(patterns)
+
+
+def domain_matches(domain: str, patterns: frozenset[str]) -> bool:
+    """Whether ``domain`` is in ``patterns`` (see :func:`parse_domain_patterns`)."""
+    name = domain.lower().rstrip(".")
+    if name in patterns:
+        return True
+    labels = name.split(".")
+    return any("." + ".".join(labels[i:]) in patterns for i in range(1, len(labels)))
+
+
+def parse_socketmap(text: str) -> Optional[SocketSpec]:
+    """Where the SRS socketmap table listens: empty (off), ``unix:/path`` or ``inet:PORT@HOST`` on loopback.
+
+    Loopback only: whoever can ask the forward map gets addresses we sign, and the reverse map
+    (and the milter) relays mail to whatever such an address stands for.
+    """
+    if not text.strip():
+        return None
+    spec = parse_socket(text)
+    if spec.family != "unix" and not _is_loopback(spec.address):
+        raise ValueError(f"{spec.address} is not a loopback address: serve the SRS socketmap on 127.0.0.1, "
+                         "::1 or a unix socket (anyone who can query it gets addresses we sign)")
+    return spec
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _int_parser(low: int, high: int, unit: str = "") -> Callable[[str], int]:
     return lambda text: whole_number(text.strip(), low, high, f"expected a whole number from {low} to {high}{unit}")
 
@@ -619,9 +665,16 @@ KEYS: tuple[Key, ...] = (
     Key("srs_forward_table", parse_path, "",
         "A file in Postfix virtual(5) source format; recipients listed there with a target outside "
         "local_domains count as forwarded (e.g. /etc/postfix/virtual)."),
-    Key("srs_exclude_domains", parse_domains, "", "Sender domains never rewritten."),
+    Key("srs_exclude_domains", parse_domain_patterns, "",
+        "Sender domains never rewritten; `.example.org` (PostSRSd's form) stands for every subdomain of "
+        "example.org."),
     Key("srs_rewrite_trusted", parse_bool, "no",
         "Also rewrite the sender of mail from trusted networks and SASL-authenticated clients."),
+    Key("srs_socketmap", parse_socketmap, "",
+        "Also serve SRS as a Postfix socketmap table (maps `forward` and `reverse`, the protocol of "
+        "PostSRSd 2) for sender_canonical_maps and recipient_canonical_maps, which cover mail Postfix "
+        "forwards after alias and .forward expansion: `unix:/path` (mode and group as for `socket`) or "
+        "`inet:PORT@127.0.0.1`; empty: off. Needs srs_domain."),
     Key("enforce_domains", parse_domains, "",
         "Recipient domains where refusals are enforced even when `mode = header-only`: move the domains "
         "you host to enforcement one at a time."),
@@ -699,10 +752,14 @@ def cross_check(config: Config) -> list[str]:
     problems = []
     if config.srs_hash_min_length > config.srs_hash_length:
         problems.append("srs_hash_min_length cannot be more than srs_hash_length")
-    if config.srs and config.srs_domain in config.srs_exclude_domains:
+    if config.srs and domain_matches(config.srs_domain, config.srs_exclude_domains):
         problems.append("srs_domain cannot be in srs_exclude_domains")
     if config.require_pass_domains and "mailfrom" not in config.check_identities:
         problems.append("require_pass_domains needs mailfrom in check_identities")
+    if config.srs_socketmap is not None and not config.srs:
+        problems.append("srs_socketmap needs srs_domain (SRS is off)")
+    if config.srs_socketmap is not None and config.srs_socketmap == config.socket:
+        problems.append("srs_socketmap cannot be the milter's socket")
     both = sorted(config.enforce_domains & config.header_only_domains)
     if both:
         problems.append(f"{', '.join(both)}: in both enforce_domains and header_only_domains")
@@ -741,6 +798,8 @@ def describe(config: Config) -> Iterable[str]:
 
 
 def format_value(value: object, name: str = "") -> str:
+    if value is None:
+        return ""
     if isinstance(value, enum.Enum):
         return str(value.value)
     if isinstance(value, bool):

@@ -212,6 +212,15 @@ def startup_problems(config: Config) -> tuple[list[str], list[str]]:
         directory = os.path.dirname(config.pid_file)
         if not os.path.isdir(directory):
             errors.append(f"pid_file {config.pid_file}: no directory {directory}")
+    if config.srs_socketmap is not None:
+        try:
+            probe_listen(config.srs_socketmap)
+        except ListenError as exc:
+            if exc.errno == errno.EADDRINUSE:  # checked before a reload: the running daemon holds it
+                warnings.append(f"srs_socketmap {config.srs_socketmap}: something already listens there "
+                                "(a running spfmilter? a reload keeps it)")
+            else:
+                errors.append(f"srs_socketmap {config.srs_socketmap}: {exc}")
     if config.srs and identity is not None:
         errors += _secrets_problems(config.srs_secrets_file, identity)
     warnings += risky_settings(config)

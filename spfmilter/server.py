@@ -186,8 +186,9 @@ def check_socket_path(spec: SocketSpec) -> None:
         raise ValueError(f"{spec.address} is {kind}; refusing to replace it (remove it if it is stale)")
 
 
-def prepare_socket_file(config: Config) -> None:
-    """Mode and group of a unix socket, so the MTA (e.g. the postfix group) can connect.
+def prepare_socket_file(config: Config, spec: Optional[SocketSpec] = None) -> None:
+    """Mode and group of a unix socket (``spec``, default the milter's), so the MTA (e.g. the
+    postfix group) can connect.
 
     Runs as root, in a directory others may be able to write to: the path is opened once
     without following a link (O_PATH | O_NOFOLLOW) and must be the socket our bind just
@@ -195,9 +196,10 @@ def prepare_socket_file(config: Config) -> None:
     inode (/proc/self/fd), so a link put there after the bind cannot redirect them to
     another file.  Linux cannot chmod a symbolic link or fchmod an O_PATH descriptor.
     """
-    if config.socket.family != "unix":
+    spec = spec or config.socket
+    if spec.family != "unix":
         return
-    path = config.socket.address
+    path = spec.address
     gid = grp.getgrnam(config.socket_group).gr_gid if config.socket_group else -1
     uid = pwd.getpwnam(config.user).pw_uid if config.user else -1  # so the daemon can remove it at exit
     fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -319,9 +321,12 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
         log.error("cannot find the listening socket for %s", config.socket)
         return 1
     tune_listener(listener, config.socket)
-    keep_link = metrics_server = janitor = None
+    keep_link = metrics_server = janitor = socketmap = None
+    socketmap_inode = None
     try:
         prepare_socket_file(config)
+        if config.srs_socketmap is not None:
+            socketmap, socketmap_inode = open_socketmap(config)
         keep_link = make_keep_link(config)
         write_pid_file(config.pid_file)
         janitor = Janitor.start_if_needed(config, keep_link)  # before any thread exists
@@ -339,6 +344,7 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     except (OSError, KeyError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         remove_socket_file(config, keep_link)
+        close_socketmap(config, socketmap, socketmap_inode)
         if metrics_server is not None:
             metrics_server.stop()
         if janitor is not None:
@@ -347,12 +353,15 @@ def serve(config: Config, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     log.info("spfmilter %s listening on %s (mode=%s, header_type=%s, authserv_id=%s, workers=%d)",
              __version__, config.socket, config.mode.value, config.header_type.value,
              config.authserv_id, resolve_workers(config.workers))
+    if socketmap is not None:
+        log.info("SRS socketmap table on %s (maps forward and reverse)", config.srs_socketmap)
     try:
-        return Supervisor(config, listener, keep_link, drain_timeout, srs_policy, metrics_server).run()
+        return Supervisor(config, listener, keep_link, drain_timeout, srs_policy, metrics_server, socketmap).run()
     finally:
         if metrics_server is not None:
             metrics_server.stop()
         remove_socket_file(config, keep_link)
+        close_socketmap(config, socketmap, socketmap_inode)
         if janitor is not None:
             janitor.finish()
         remove_pid_file(config.pid_file)
@@ -372,6 +381,40 @@ def load_srs_policy(config: Config):
         return build_srs_policy(config)
     except (SecretsError, OSError) as exc:
         raise ValueError(str(exc)) from None
+
+
+def open_socketmap(config: Config) -> tuple:
+    """The SRS socketmap's listening socket and (for a unix socket) its inode, made like the milter's
+    socket (mode ``socket_mode``, group ``socket_group``)."""
+    from .socketmapserver import open_listener
+
+    spec = config.srs_socketmap
+    try:
+        sock = open_listener(spec)
+    except OSError as exc:
+        raise OSError(f"srs_socketmap {spec}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"srs_socketmap {spec}: {exc}") from None
+    inode = None
+    if spec.family == "unix":
+        info = os.lstat(spec.address)
+        inode = (info.st_dev, info.st_ino)
+        try:
+            prepare_socket_file(config, spec)
+        except BaseException:
+            sock.close()
+            os.unlink(spec.address)
+            raise
+    return sock, inode
+
+
+def close_socketmap(config: Config, sock, inode) -> None:
+    if sock is None:
+        return
+    from .socketmapserver import remove_listener
+
+    sock.close()
+    remove_listener(config.srs_socketmap, inode)
 
 
 def start_metrics(listen: str, user: str):
@@ -662,6 +705,21 @@ def run_worker(config: Config, listener: int, drain_timeout: float, keep_link: O
     return 0
 
 
+def run_socketmap(listener: socket.socket, srs_policy, drain_timeout: float) -> int:
+    """The SRS socketmap table process: serve until DRAIN_SIGNAL, then finish the requests in
+    progress (idle connections are closed at once; Postfix reconnects to the new process)."""
+    from .socketmapserver import SocketmapServer
+
+    server = SocketmapServer(listener, srs_policy)
+    server.start()
+    signal.sigwait({DRAIN_SIGNAL})
+    if not server.stop(drain_timeout):
+        log.warning("SRS socketmap stopping with connections still open after %g s", drain_timeout)
+        return 1
+    log.info("SRS socketmap process stopped")
+    return 0
+
+
 def _die_with_parent(parent: int) -> None:
     """Drain (not just vanish) if the main process dies without telling us (Linux prctl)."""
     try:
@@ -675,6 +733,11 @@ def _die_with_parent(parent: int) -> None:
 
 _SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP}
 RESPAWN_DELAY = 1.0
+SOCKETMAP_SLOT = -1  # the child that serves srs_socketmap; the workers are 0, 1, ...
+
+
+def _child_name(slot: int) -> str:
+    return "SRS socketmap process" if slot == SOCKETMAP_SLOT else f"worker {slot}"
 
 
 class Supervisor:
@@ -687,8 +750,10 @@ class Supervisor:
     """
 
     def __init__(self, config: Config, listener: int, keep_link: Optional[str] = None,
-                 drain_timeout: float = DRAIN_TIMEOUT, srs_policy=None, metrics_server=None):
+                 drain_timeout: float = DRAIN_TIMEOUT, srs_policy=None, metrics_server=None,
+                 socketmap: Optional[socket.socket] = None):
         self.config = config
+        self.socketmap = socketmap  # the SRS socketmap's listener, served by a child of its own
         self.srs_policy = srs_policy
         self.metrics_server = metrics_server
         self.listener = listener
@@ -711,10 +776,16 @@ class Supervisor:
                 signal.pthread_sigmask(signal.SIG_SETMASK, set(self._old_mask) | _WORKER_SIGNALS)
                 os.setpgid(0, 0)
                 _die_with_parent(parent)
-                log.info("worker %d started (pid %d)", slot, os.getpid())
-                code = run_worker(config, self.listener, self.drain_timeout, self.keep_link, self.srs_policy)
+                log.info("%s started (pid %d)", _child_name(slot), os.getpid())
+                if slot == SOCKETMAP_SLOT:
+                    os.close(self.listener)  # the milter's: never served here
+                    code = run_socketmap(self.socketmap, self.srs_policy, self.drain_timeout)
+                else:
+                    if self.socketmap is not None:
+                        self.socketmap.close()
+                    code = run_worker(config, self.listener, self.drain_timeout, self.keep_link, self.srs_policy)
             except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor's code
-                log.exception("worker %d failed", slot)
+                log.exception("%s failed", _child_name(slot))
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -723,6 +794,8 @@ class Supervisor:
     def _spawn_generation(self) -> None:
         for slot in range(resolve_workers(self.config.workers)):
             self._spawn(slot)
+        if self.socketmap is not None:
+            self._spawn(SOCKETMAP_SLOT)
 
     def reload(self) -> None:
         """SIGHUP: new workers with the new configuration; the old ones finish their sessions.
@@ -746,7 +819,7 @@ class Supervisor:
             log.error("reload refused: %s", exc)
             return
         fixed = ("socket", "user", "group", "socket_mode", "socket_group", "pid_file", "log_destination",
-                 "syslog_facility", "metrics_listen")
+                 "syslog_facility", "metrics_listen", "srs_socketmap")
         changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
         if changed:
             log.warning("reload: %s cannot change without a restart; keeping the old value(s)", ", ".join(changed))
@@ -788,7 +861,7 @@ class Supervisor:
                     running = set(self.children.values())
                     for slot in self.pending_respawn:
                         if slot not in running:
-                            log.warning("restarting worker %d", slot)
+                            log.warning("restarting %s", _child_name(slot))
                             self._spawn(slot)
                 self.pending_respawn = []
                 continue
@@ -797,6 +870,8 @@ class Supervisor:
                 # Our copy of the listener goes first: once the workers have dropped theirs,
                 # new connections are refused and the MTA applies its default action at once.
                 os.close(self.listener)
+                if self.socketmap is not None:
+                    self.socketmap.close()  # likewise: Postfix's cleanup gets a refusal, and retries later
                 log.info("stopping %d worker(s)", len(self.children) + len(self.retiring))
                 for pid in list(self.children) + list(self.retiring):
                     _kill(pid, DRAIN_SIGNAL)
@@ -816,7 +891,7 @@ class Supervisor:
                 if self.stopping:
                     worst = max(worst, abs(code))
                     continue
-                log.error("worker %d (pid %d) exited unexpectedly with status %d", slot, pid, code)
+                log.error("%s (pid %d) exited unexpectedly with status %d", _child_name(slot), pid, code)
                 self.pending_respawn.append(slot)
         # The signals stay blocked: a second SIGTERM sent while we stopped must not kill the
         # process on its way out (it is about to exit anyway).

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import Config
+from .config import Config, domain_matches
 from .replies import NO_MAILBOX, SEPARATE_TRANSACTION, Reply
 from .srs import SrsError, SrsKeys, reverse, srs_tag
 
@@ -37,13 +37,17 @@ class SrsPolicy:
     domain: str
     keys: SrsKeys
     local_domains: frozenset = frozenset()
-    exclude_domains: frozenset = frozenset()
+    exclude_domains: frozenset = frozenset()  # domains, and ".example.org" for its subdomains
     forwarded: frozenset = frozenset()  # lowercased addresses and "@domain" patterns
     rewrite_trusted: bool = False
 
     def is_ours(self, domain: str) -> bool:
         domain = domain.lower().rstrip(".")
         return domain == self.domain.lower() or domain in self.local_domains
+
+    def excluded(self, domain: str) -> bool:
+        """A sender domain in srs_exclude_domains (``.example.org``: any subdomain of it)."""
+        return domain_matches(domain, self.exclude_domains)
 
     def sender_rewritable(self, sender: str, trusted: bool) -> bool:
         """Whether a forwarded message from ``sender`` gets an SRS sender.
@@ -56,7 +60,7 @@ class SrsPolicy:
         if not sender or "@" not in sender:
             return False
         domain = sender.rpartition("@")[2].lower().rstrip(".")
-        if domain in self.exclude_domains:
+        if self.excluded(domain):
             return False
         if self.is_ours(domain):
             return not trusted

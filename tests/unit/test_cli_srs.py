@@ -89,3 +89,31 @@ def test_report_and_explain_are_commands(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing.log")]) == 2
     assert main(["explain", "--ip", "not-an-ip", "--helo", "h", "--sender", "a@b.example",
                  "-c", "/dev/null"]) == 2
+
+
+@pytest.mark.parametrize("exclude", ["partner.example", ".example"])
+def test_forward_leaves_an_excluded_sender_as_it_is(setup, capsys, exclude):
+    """``srs forward`` prints what the milter sends such mail with: the address unchanged (it used
+    to rewrite it), and says why on stderr."""
+    conf, secrets = setup
+    conf.write_text(conf.read_text() + f"srs_exclude_domains = {exclude}\n")
+    capsys.readouterr()
+    assert main(["srs", "forward", "alice@partner.example", "-c", str(conf)]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == "alice@partner.example"
+    assert "not rewritten: partner.example is in srs_exclude_domains" in out.err
+    assert main(["srs", "forward", "alice@other.test", "-c", str(conf)]) == 0  # others are rewritten
+    keys = SrsKeys(load_secrets(str(secrets)))
+    assert capsys.readouterr().out.strip() == forward("alice@other.test", "srs.example.net", keys, time.time())
+
+
+def test_check_config_checks_where_the_socketmap_goes(setup, capsys):
+    conf, _ = setup
+    text = conf.read_text()
+    conf.write_text(text + f"srs_socketmap = unix:{conf.parent}/missing/srs.sock\n")
+    assert main(["--check-config", "-c", str(conf)]) == 2
+    assert f"srs_socketmap unix:{conf.parent}/missing/srs.sock: directory {conf.parent}/missing: " \
+           "No such file or directory" in capsys.readouterr().err
+    conf.write_text(text + f"srs_socketmap = unix:{conf.parent}/srs.sock\n")
+    assert main(["--check-config", "-c", str(conf)]) == 0
+    assert f"srs_socketmap = unix:{conf.parent}/srs.sock" in capsys.readouterr().out

@@ -23,7 +23,9 @@ from spfmilter.config import (
     TempErrorAction,
     defaults,
     describe,
+    domain_matches,
     load,
+    parse_domain_patterns,
     parse_text,
     whole_number,
 )
@@ -90,6 +92,7 @@ EXPECTED_DEFAULTS = {
     "srs_forward_table": "",
     "srs_exclude_domains": frozenset(),
     "srs_rewrite_trusted": False,
+    "srs_socketmap": None,
     "socket_keep_link": True,
     "enforce_domains": frozenset(),
     "header_only_domains": frozenset(),
@@ -228,6 +231,13 @@ GOOD_VALUES = [
     ("local_domains", "", frozenset()),
     ("srs_forward_table", "/etc/postfix/virtual", "/etc/postfix/virtual"),
     ("srs_exclude_domains", "partner.example", frozenset({"partner.example"})),
+    ("srs_exclude_domains", ".Partner.example., partner.example", frozenset({".partner.example", "partner.example"})),
+    ("srs_socketmap", "", None),
+    ("srs_socketmap", "unix:/var/spool/postfix/spfmilter/srs.sock",
+     SocketSpec("unix", "/var/spool/postfix/spfmilter/srs.sock")),
+    ("srs_socketmap", "inet:10003@127.0.0.1", SocketSpec("inet", "127.0.0.1", 10003)),
+    ("srs_socketmap", "inet6:10003@[::1]", SocketSpec("inet6", "::1", 10003)),
+    ("srs_socketmap", "inet:10003@localhost", SocketSpec("inet", "localhost", 10003)),
     ("srs_rewrite_trusted", "yes", True),
     ("socket_keep_link", "no", False),
     ("enforce_domains", "Example.COM example.net", frozenset({"example.com", "example.net"})),
@@ -263,7 +273,8 @@ GOOD_VALUES = [
 
 @pytest.mark.parametrize("name, raw, expected", GOOD_VALUES)
 def test_good_value(name, raw, expected):
-    config = parse(f"{name} = {raw}\n")
+    needs = "srs_domain = srs.example.com\n" if name == "srs_socketmap" else ""  # see the cross-checks
+    config = parse(f"{needs}{name} = {raw}\n")
     assert getattr(config, name) == expected
 
 
@@ -339,6 +350,11 @@ BAD_VALUES = [
     ("local_domains", "exa mple..com", "bad domain"),
     ("srs_forward_table", "virtual", "expected an absolute path"),
     ("srs_exclude_domains", "-x-", "bad domain"),
+    ("srs_exclude_domains", "..x.example", "bad domain"),
+    ("srs_exclude_domains", ".", "bad domain"),
+    ("srs_socketmap", "inet:10003@192.0.2.1", "not a loopback address"),
+    ("srs_socketmap", "inet:10003@mx.example.com", "not a loopback address"),
+    ("srs_socketmap", "unix:srs.sock", "absolute path"),
     ("srs_rewrite_trusted", "maybe", "expected yes or no"),
     ("socket_keep_link", "sometimes", "expected yes or no"),
     ("enforce_domains", "not a domain!", "bad domain"),
@@ -735,3 +751,21 @@ def test_cross_checks_name_the_keys():
         parse_text("check_identities = helo\nrequire_pass_domains = bank.example\n", "x.conf")
     with pytest.raises(ConfigError, match="srs_domain cannot be in srs_exclude_domains"):
         parse_text("srs_domain = a.example\nsrs_exclude_domains = a.example\n", "x.conf")
+    with pytest.raises(ConfigError, match="srs_domain cannot be in srs_exclude_domains"):
+        parse_text("srs_domain = srs.a.example\nsrs_exclude_domains = .a.example\n", "x.conf")
+    with pytest.raises(ConfigError, match="srs_socketmap needs srs_domain"):
+        parse_text("srs_socketmap = unix:/run/x.sock\n", "x.conf")
+    with pytest.raises(ConfigError, match="srs_socketmap cannot be the milter's socket"):
+        parse_text("socket = unix:/run/x.sock\nsrs_domain = srs.a.example\nsrs_socketmap = unix:/run/x.sock\n",
+                   "x.conf")
+
+
+@pytest.mark.parametrize("domain,matches", [
+    ("partner.example", True), ("PARTNER.example.", True), ("mail.partner.example", False),
+    ("sub.example", False), ("a.sub.example", True), ("a.b.SUB.example", True), ("xsub.example", False),
+    ("example", False), ("", False),
+])
+def test_domain_patterns_as_postsrsd_reads_them(domain, matches):
+    """``.sub.example`` stands for the subdomains of sub.example, not for sub.example itself
+    (PostSRSd's domain sets, tests/unit/test_util.c there, and Postfix's own ``.domain`` form)."""
+    assert domain_matches(domain, parse_domain_patterns("partner.example .sub.example")) is matches

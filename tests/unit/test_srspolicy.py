@@ -130,3 +130,15 @@ def test_build_srs_policy_from_config(tmp_path):
     os.chmod(secrets, 0o604)
     with pytest.raises(SecretsError):
         build_srs_policy(config)
+
+
+@pytest.mark.parametrize("sender,rewritable", [
+    ("a@partner.example", False), ("a@mail.partner.example", False), ("a@deep.mail.partner.example", False),
+    ("a@sub.example", True), ("a@x.sub.example", False), ("a@notsub.example", True),
+])
+def test_excluded_domains_in_postsrsd_form(sender, rewritable):
+    """``.sub.example`` in srs_exclude_domains: every subdomain of sub.example, not sub.example itself."""
+    config = parse_text("srs_domain = srs.mx.test\nsrs_exclude_domains = partner.example, .partner.example, "
+                        ".sub.example\n", "x.conf")
+    policy = SrsPolicy("srs.mx.test", KEYS, exclude_domains=config.srs_exclude_domains)
+    assert policy.sender_rewritable(sender, False) is rewritable
