@@ -18,8 +18,9 @@ import pytest
 
 from spfmilter.cli import setup_logging
 from spfmilter.config import parse_text
-from spfmilter.headers import log_line, skip_line
-from spfmilter.logreport import Record, add_parser, parse_line, render_html, render_text, run, summarise
+from spfmilter.headers import log_line, rcpt_domains_text, skip_line
+from spfmilter.logreport import (SCRIPT_HASH, SORT_SCRIPT, Record, add_parser, parse_line, render_html, render_text,
+                                  run, sections, summarise)
 from spfmilter.policy import Action, Facts, decide
 from spfmilter.text import clean
 from spfmilter.verify import Identity, SpfOutcome, SpfResult as R
@@ -39,7 +40,8 @@ def stderr(message: str, day: int = 23, pid: int = 123) -> str:
 
 
 def transaction(helo_result=R.PASS, mailfrom_result=R.PASS, sender="alice@example.org", helo=HELO,
-                config=HEADER_ONLY, action=None, queue_id="Q1", ip="192.0.2.1") -> list[str]:
+                config=HEADER_ONLY, action=None, queue_id="Q1", ip="192.0.2.1", rcpt_domains=(),
+                rcpt_more=0) -> list[str]:
     """The two log lines the milter writes for one transaction (see Milter._log_outcomes)."""
     facts = Facts(ip, helo, sender, queue_id=queue_id)
     helo_outcome = SpfOutcome(Identity.HELO, helo_result, helo, f"postmaster@{helo}", problem="p")
@@ -52,7 +54,9 @@ def transaction(helo_result=R.PASS, mailfrom_result=R.PASS, sender="alice@exampl
         else:
             action = decision.action.value if config.enforce else f"would-{decision.action.value}"
     reply = decision.reply if action != "accept" else None
-    return [log_line(outcome, facts, config, Action(action), reply if outcome.identity is decision.identity else None)
+    domains = rcpt_domains_text(rcpt_domains, rcpt_more)
+    return [log_line(outcome, facts, config, Action(action), reply if outcome.identity is decision.identity else None,
+                     domains)
             for outcome in (helo_outcome, mailfrom_outcome)]
 
 
@@ -321,7 +325,9 @@ def test_empty_log():
     assert summary.total.messages == 0 and summary.total.share == "-"
     text = render_text(summary)
     assert "messages checked" in text and "(none)" in text
-    assert "<table>" in render_html(summary)
+    page = render_html(summary)
+    assert '<table id="totals">' in page and page.count("<table") == 1  # empty sections say (none)
+    assert page.count("(none)") == len(sections(summary, 20)) - 1
 
 
 # --------------------------------------------------------------------------- output
@@ -350,12 +356,15 @@ def test_html_escapes_log_content():
              *transaction(R.PASS, R.FAIL, 'x@"><img src=x onerror=alert(1)>.example', queue_id="2")]
     summary = summary_of(lines)
     page = render_html(summary)
-    assert "<script" not in page and "<img" not in page
+    # the only script is our own, allowed by its hash in the Content-Security-Policy
+    assert page.count("<script") == 1 and f"<script>{SORT_SCRIPT}</script>" in page
+    assert f"script-src 'sha256-{SCRIPT_HASH}'" in page
+    assert "<img" not in page
     assert html.escape(f"<> (helo {helo.lower()})") in page
     assert html.escape('"><img src=x onerror=alert(1)>.example') in page
     assert not re.search(r"(?i)\b(src|href)\s*=|@import|url\(", page.replace(
         html.escape('"><img src=x onerror=alert(1)>.example'), ""))
-    assert page.count("<svg") == 2 and page.count("<table>") == 5
+    assert page.count("<svg") == 3 and page.count("<table") == 7
     # terminal output keeps the text, cleaned of control characters
     assert "<img src=x onerror=alert(1)>.example" in render_text(summary)
 
