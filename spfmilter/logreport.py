@@ -45,6 +45,7 @@ ACTIONS = frozenset(action.value for action in Action if action is not Action.SK
 WOULD_REFUSE = frozenset((Action.WOULD_REJECT.value, Action.WOULD_DEFER.value))
 REFUSED = frozenset((Action.REJECT.value, Action.DEFER.value))
 DISPLAY_LIMIT = 64  # characters of a domain or HELO name shown in a table cell
+LABEL_LIMIT = 36  # characters of a chart's bar label (the whole name is its tooltip)
 CLIENTS_SHOWN = 5  # (client IP, HELO name) pairs listed per sender domain
 NOT_LOGGED = "(not in the log)"  # recipient "domain" of lines without rcpt-domains= (older versions)
 NOT_LISTED = "(more, not listed)"  # the line's "+N": domains that did not fit on it
@@ -441,7 +442,9 @@ def _svg(rows: list, width: int = 760, label_width: int = 260, bar: int = 18) ->
     for index, (label, counts) in enumerate(rows):
         y = index * bar + 2
         x = label_width
-        out.append(f'<text x="{label_width - 6}" y="{y + bar - 5}" text-anchor="end">{html.escape(label)}</text>')
+        shown = label if len(label) <= LABEL_LIMIT else label[:LABEL_LIMIT - 1] + "\u2026"
+        out.append(f'<text x="{label_width - 6}" y="{y + bar - 5}" text-anchor="end">{html.escape(shown)}'
+                   f'<title>{html.escape(label)}</title></text>')
         rest = counts.messages - counts.refused - counts.would_refuse
         for kind, colour, count in (("refused", REFUSED_COLOUR, counts.refused),
                                     ("would", WOULD_COLOUR, counts.would_refuse),
@@ -531,7 +534,7 @@ STYLE = (
     f"th.would,td.would,tr.would td{{background:#fdebd0}}th.refused,td.refused,tr.refused td{{background:#f6d5d5}}"
     f"tr.permerror td{{background:{BROKEN_COLOUR}}}tr.permerror td:first-child{{box-shadow:inset 4px 0 #d4a000}}"
     "tr.permerror td:first-child::after{content:' (PermError: SPF record broken)';color:#8a6d00;font-size:smaller}"
-    ".chart{font-size:12px;display:block}.legend{font-size:13px;margin:.3em 0}"
+    ".chart{font-size:12px;display:block;max-width:100%;height:auto}.legend{font-size:13px;margin:.3em 0}"
     ".key{margin-right:1.2em;white-space:nowrap}"
     ".swatch{display:inline-block;width:.9em;height:.9em;margin-right:.3em;vertical-align:-.1em}"
     f".swatch.refused{{background:{REFUSED_COLOUR}}}.swatch.would{{background:{WOULD_COLOUR}}}"
