@@ -364,8 +364,10 @@ def test_html_escapes_log_content():
     assert "<img" not in page
     assert html.escape(f"<> (helo {helo.lower()})") in page
     assert html.escape('"><img src=x onerror=alert(1)>.example') in page
-    assert not re.search(r"(?i)\b(src|href)\s*=|@import|url\(", page.replace(
-        html.escape('"><img src=x onerror=alert(1)>.example'), ""))
+    # no tag loads anything (the hostile text is escaped content, also where a chart label shortens it)
+    markup = re.findall(r"<[^>]*>", page.replace(f"<script>{SORT_SCRIPT}</script>", ""))
+    assert not [tag for tag in markup if re.search(r"(?i)\b(src|href)\s*=|@import|url\(", tag)]
+    assert re.search(r"(?i)\b(src|href)\s*=", page)  # (the check above has something to look at)
     assert page.count("<svg") == 3 and page.count("<table") == 7
     # terminal output keeps the text, cleaned of control characters
     assert "<img src=x onerror=alert(1)>.example" in render_text(summary)
