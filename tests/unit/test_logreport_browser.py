@@ -6,8 +6,8 @@ page's Content-Security-Policy without errors and really sorts (``--dump-dom`` a
 highlights' colours, and nothing wider than the window even with the longest names a
 log can hold.
 
-Chromium is not in dev.sh's packages (about 400 MB installed): without it these tests
-skip and say so; ``apt-get install chromium`` runs them.
+``./dev.sh test`` installs Chromium (Debian's ``chromium``; about 400 MB installed, a one-time
+~110 MB download, these tests take ~5 s); on a machine without it they skip and say so.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from tests.unit.test_logreport import (ENFORCE, HEADER_ONLY, PERMERROR_REFUSED, 
                                        transaction)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (./dev.sh test installs it: apt-get install chromium)")
 WIDTH, HEIGHT = 1280, 2400
 LONG = ("l" * (DISPLAY_LIMIT + 20)) + ".example"  # cut to DISPLAY_LIMIT characters in the cells
 
