@@ -222,9 +222,35 @@ def is_forged(name: str, value: str, config: Config) -> bool:
 
 # --------------------------------------------------------------------------- log line
 
+RCPT_DOMAINS_LIMIT = 200  # characters of recipient domains on one log line; the rest are counted
+
+
+def rcpt_domains_text(domains: Sequence[str], more: int = 0, limit: int = RCPT_DOMAINS_LIMIT) -> str:
+    """The ``rcpt-domains=`` value: distinct recipient domains, comma-separated, in the order seen.
+
+    Domains that do not fit in ``limit`` characters (and ``more`` that were never kept) are
+    counted in a last ``+N`` item.  A comma inside a domain (it came from the network)
+    becomes ``?`` so the list splits back into the same items (:mod:`spfmilter.logreport`).
+    """
+    shown: list[str] = []
+    length = 0
+    for domain in domains:
+        item = clean(domain).replace(",", "?")
+        if shown and length + 1 + len(item) > limit:
+            break
+        length += len(item) + (1 if shown else 0)
+        shown.append(item)
+    more += len(domains) - len(shown)
+    return ",".join(shown + ([f"+{more}"] if more else []))
+
+
 def log_line(outcome: SpfOutcome, facts: Facts, config: Config, action: Action,
-             reply: Optional[Reply] = None) -> str:
-    """One line per verified identity, in the shape policyd-spf users grep for."""
+             reply: Optional[Reply] = None, rcpt_domains: str = "") -> str:
+    """One line per verified identity, in the shape policyd-spf users grep for.
+
+    ``rcpt_domains`` (:func:`rcpt_domains_text`) goes last, on the MAIL FROM line only:
+    ``spfmilter report`` files the message under those recipient domains.
+    """
     parts = [
         outcome.result.logged,
         f"identity={outcome.identity.value}",
@@ -242,6 +268,8 @@ def log_line(outcome: SpfOutcome, facts: Facts, config: Config, action: Action,
         parts.append(f"reply={quoted_string(clean(str(reply), 512))}")
     if facts.queue_id:
         parts.append(f"queue-id={log_value(facts.queue_id)}")
+    if rcpt_domains and outcome.identity is Identity.MAILFROM:
+        parts.append(f"rcpt-domains={log_value(rcpt_domains, RCPT_DOMAINS_LIMIT + 300)}")
     return "; ".join(parts)
 
 

@@ -10,6 +10,11 @@ the stderr prefix (``2026-11-23 16:02:07,123 spfmilter[123]: INFO: ``) or none
 A message is one transaction: its HELO line is followed by its MAIL FROM line, and
 it is counted by the MAIL FROM line.  Both lines carry the transaction's action; the
 reply is on the line of the identity that decided (:func:`spfmilter.policy.decide`).
+The MAIL FROM line also lists the recipient domains (``rcpt-domains=``,
+:func:`spfmilter.headers.rcpt_domains_text`; logs of older versions lack it): a message
+counts under each of them, which answers "what would enforcing example.com refuse?".
+For the sender domains enforcement would refuse, the client IPs and HELO names they came
+from are counted too: a forwarder is one or two clients with a stable name, a forgery many.
 
 Everything read from the log came from the network: it is cleaned for the terminal
 (:func:`spfmilter.text.clean`) and escaped for HTML (:func:`html.escape`).
@@ -17,8 +22,10 @@ Everything read from the log came from the network: it is cleaned for the termin
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import gzip
+import hashlib
 import html
 import io
 import re
@@ -38,6 +45,10 @@ ACTIONS = frozenset(action.value for action in Action if action is not Action.SK
 WOULD_REFUSE = frozenset((Action.WOULD_REJECT.value, Action.WOULD_DEFER.value))
 REFUSED = frozenset((Action.REJECT.value, Action.DEFER.value))
 DISPLAY_LIMIT = 64  # characters of a domain or HELO name shown in a table cell
+LABEL_LIMIT = 36  # characters of a chart's bar label (the whole name is its tooltip)
+CLIENTS_SHOWN = 5  # (client IP, HELO name) pairs listed per sender domain
+NOT_LOGGED = "(not in the log)"  # recipient "domain" of lines without rcpt-domains= (older versions)
+NOT_LISTED = "(more, not listed)"  # the line's "+N": domains that did not fit on it
 
 _MONTHS = {name: number for number, name in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
@@ -61,6 +72,8 @@ class Record:
     queue_id: str = ""
     skipped: str = ""  # why the transaction was not checked
     has_reply: bool = False  # the reply is logged on the identity that decided
+    rcpt_domains: tuple = ()  # recipient domains (MAIL FROM line), lower case
+    rcpt_more: int = 0  # recipient domains the line counted but did not list
     day: Optional[date] = None
     pid: str = ""
     error: str = ""  # set when the line looked like ours but could not be parsed
@@ -121,9 +134,24 @@ def parse_line(text: str, today: Optional[date] = None) -> Optional[Record]:
         return _broken(broken, "no envelope-from= or helo=")
     if ("skipped" in fields) == (identity in ("helo", "mailfrom")):
         return _broken(broken, "neither identity=helo|mailfrom nor skipped=")
+    domains, more = _rcpt_domains(fields.get("rcpt-domains", ""))
     return Record(result=result, identity=identity, action=action, client_ip=fields.get("client-ip", ""),
                   helo=fields["helo"], sender=fields["envelope-from"], queue_id=fields.get("queue-id", ""),
-                  skipped=fields.get("skipped", ""), has_reply="reply" in fields, day=day, pid=pid)
+                  skipped=fields.get("skipped", ""), has_reply="reply" in fields, day=day, pid=pid,
+                  rcpt_domains=domains, rcpt_more=more)
+
+
+def _rcpt_domains(text: str) -> tuple[tuple, int]:
+    """The domains of ``rcpt-domains=a.example,b.example,+3`` and the count of those not listed."""
+    domains: dict[str, None] = {}
+    more = 0
+    for item in text.split(","):
+        item = item.strip().lower().rstrip(".")
+        if re.fullmatch(r"\+\d{1,9}", item):
+            more += int(item[1:])
+        elif item:
+            domains[item] = None
+    return tuple(domains), more
 
 
 def _broken(record: Record, why: str) -> Record:
@@ -163,6 +191,12 @@ class Summary:
     results: dict = field(default_factory=dict)  # MAIL FROM result -> Counts
     domains: dict = field(default_factory=dict)  # (sender domain, result) -> Counts
     days: dict = field(default_factory=dict)  # "YYYY-MM-DD" or "unknown" -> Counts
+    recipients: dict = field(default_factory=dict)  # recipient domain -> Counts (a message under each)
+    clients: dict = field(default_factory=dict)  # sender domain -> Counter of (client IP, HELO) of refusals
+
+    def broken(self) -> set[str]:
+        """The sender domains whose SPF record gave PermError for MAIL FROM: their owners must fix it."""
+        return {domain for domain, result in self.domains if result.split(",")[0] == "PermError"}
 
     def top(self, n: int) -> list[tuple[str, Counts]]:
         """The n sender domains with the most messages refused or that would have been."""
@@ -194,8 +228,13 @@ def _matches(domain: str, record: Record, wanted: str) -> bool:
 
 
 def summarise(records: Iterable[Optional[Record]], *, since: Optional[date] = None,
-              domain: Optional[str] = None) -> Summary:
-    """Count messages; ``records`` is parse_line's answer for every line, None included."""
+              domain: Optional[str] = None, recipient_domain: Optional[str] = None) -> Summary:
+    """Count messages; ``records`` is parse_line's answer for every line, None included.
+
+    ``domain``: only this sender domain and its subdomains; ``recipient_domain``: only
+    messages with a recipient in exactly this domain (as ``enforce_domains`` matches).
+    """
+    wanted_rcpt = recipient_domain.lower().rstrip(".") if recipient_domain else None
     summary = Summary()
     pending: dict[tuple, list[Record]] = {}  # HELO lines waiting for their MAIL FROM line
     for record in records:
@@ -211,7 +250,7 @@ def summarise(records: Iterable[Optional[Record]], *, since: Optional[date] = No
             helo = waiting.pop(0) if waiting else None
             if waiting == []:
                 del pending[_key(record)]
-            _count(summary, record, helo, since, domain)
+            _count(summary, record, helo, since, domain, wanted_rcpt)
     summary.lone_helo = sum(map(len, pending.values()))
     return summary
 
@@ -221,11 +260,13 @@ def _key(record: Record) -> tuple:
 
 
 def _count(summary: Summary, mailfrom: Record, helo: Optional[Record], since: Optional[date],
-           wanted: Optional[str]) -> None:
+           wanted: Optional[str], wanted_rcpt: Optional[str]) -> None:
     if since is not None and (mailfrom.day is None or mailfrom.day < since):
         return
     name = sender_domain(mailfrom.sender, mailfrom.helo)
     if wanted and not _matches(name, mailfrom, wanted):
+        return
+    if wanted_rcpt and wanted_rcpt not in mailfrom.rcpt_domains:
         return
     if mailfrom.skipped:
         summary.skipped += 1
@@ -240,6 +281,12 @@ def _count(summary: Summary, mailfrom: Record, helo: Optional[Record], since: Op
     for counts in (summary.total, summary.results.setdefault(mailfrom.result, Counts()),
                    summary.domains.setdefault((name, result), Counts()), summary.days.setdefault(day, Counts())):
         counts.add(action)
+    recipients = mailfrom.rcpt_domains + ((NOT_LISTED,) if mailfrom.rcpt_more else ())
+    for recipient in recipients or (NOT_LOGGED,):
+        summary.recipients.setdefault(recipient, Counts()).add(action)
+    if action in WOULD_REFUSE | REFUSED:
+        client = (mailfrom.client_ip or "unknown", mailfrom.helo.lower().rstrip("."))
+        summary.clients.setdefault(name, Counter())[client] += 1
 
 
 # --------------------------------------------------------------------------- rendering
@@ -250,6 +297,9 @@ class Section(NamedTuple):
     rows: list  # of tuples: text cells first (left-aligned), then numbers
     left: int  # how many leading columns are text
     chart: Optional[list] = None  # (label, Counts) for a bar chart in the HTML page
+    ident: str = ""  # the HTML table's id (its sort order is kept in the page's #sort= fragment)
+    marks: tuple = ()  # per row: a CSS class for the HTML page ("" for none)
+    note: str = ""  # a line under the table
 
 
 def _cell(text: str) -> str:
@@ -261,10 +311,36 @@ def _counts_row(counts: Counts) -> tuple:
 
 
 COLUMNS = ("messages", "would refuse", "refused", "share refused")
+BROKEN_NOTE = "PermError: the sender domain's SPF record is broken; its owner has to fix it"
+
+
+def _by_refusals(item: tuple) -> tuple:
+    key, counts = item
+    return -(counts.would_refuse + counts.refused), -counts.messages, key
+
+
+def _broken_marks(names: Iterable[str], broken: set) -> tuple:
+    return tuple("permerror" if name in broken else "" for name in names)
+
+
+def _clients(summary: Summary, ranked: list) -> list[tuple]:
+    """Per sender domain of ``ranked``: its most frequent (client IP, HELO name) pairs, the rest summed."""
+    rows = []
+    for domain, _ in ranked:
+        seen = summary.clients.get(domain, Counter())
+        pairs = sorted(seen.items(), key=lambda item: (-item[1], item[0]))
+        rows += [(_cell(domain), _cell(ip), _cell(helo), count) for (ip, helo), count in pairs[:CLIENTS_SHOWN]]
+        rest = pairs[CLIENTS_SHOWN:]
+        if rest:
+            ips, helos = len({ip for ip, _ in seen}), len({helo for _, helo in seen})
+            rows.append((_cell(domain), f"+{len(rest)} more ({ips} IPs in all)", f"({helos} HELO names in all)",
+                         sum(count for _, count in rest)))
+    return rows
 
 
 def sections(summary: Summary, top: int) -> list[Section]:
     total, actions = summary.total, summary.actions
+    broken = summary.broken()
 
     def of_checked(count: int) -> str:
         return f"{100 * count / total.messages:.1f}%" if total.messages else "-"
@@ -284,20 +360,32 @@ def sections(summary: Summary, top: int) -> list[Section]:
         ("unparsed lines", summary.unparsed, ""),
         ("HELO lines without a MAIL FROM line", summary.lone_helo, ""),
     ]
+    total_marks = ("", "would", "would", "would", "refused", "refused", "refused") + ("",) * (len(totals) - 7)
     results = [(r, *_counts_row(summary.results[r]))
                for r in sorted(summary.results, key=lambda r: -summary.results[r].messages)]
     ranked = summary.top(top)
     days = sorted(summary.days.items(), key=lambda item: (item[0] == "unknown", item[0]))
-    domains = sorted(summary.domains.items(), key=lambda item: (
-        -(item[1].would_refuse + item[1].refused), -item[1].messages, item[0]))
+    domains = sorted(summary.domains.items(), key=_by_refusals)
+    recipients = sorted(summary.recipients.items(), key=_by_refusals)
+    clients = _clients(summary, ranked)
+    broken_ranked = [d for d, _ in ranked if d in broken]
     return [
-        Section("Totals", ("", "count", "of checked"), totals, 1),
-        Section("MAIL FROM results", ("result", *COLUMNS), results, 1),
+        Section("Totals", ("", "count", "of checked"), totals, 1, ident="totals", marks=total_marks),
+        Section("MAIL FROM results", ("result", *COLUMNS), results, 1, ident="results"),
         Section(f"Top {top} sender domains enforcement would refuse", ("domain", *COLUMNS),
-                [(_cell(d), *_counts_row(c)) for d, c in ranked], 1, [(_cell(d), c) for d, c in ranked]),
-        Section("Per day", ("day", *COLUMNS), [(d, *_counts_row(c)) for d, c in days], 1, days),
+                [(_cell(d), *_counts_row(c)) for d, c in ranked], 1, [(_cell(d), c) for d, c in ranked],
+                ident="top", marks=_broken_marks((d for d, _ in ranked), broken),
+                note=f"{BROKEN_NOTE}: {', '.join(map(_cell, broken_ranked))}" if broken_ranked else ""),
+        Section(f"Clients of the top {top} sender domains, in the messages enforcement would refuse",
+                ("domain", "client IP", "HELO name", "messages"), clients, 3, ident="clients",
+                marks=_broken_marks((row[0] for row in clients), set(map(_cell, broken)))),
+        Section("Per recipient domain: what enforcing it would refuse", ("recipient domain", *COLUMNS),
+                [(_cell(d), *_counts_row(c)) for d, c in recipients], 1,
+                [(_cell(d), c) for d, c in recipients[:top]], ident="recipients"),
+        Section("Per day", ("day", *COLUMNS), [(d, *_counts_row(c)) for d, c in days], 1, days, ident="days"),
         Section("Per sender domain and result", ("domain", "result", *COLUMNS),
-                [(_cell(d), r, *_counts_row(c)) for (d, r), c in domains], 2),
+                [(_cell(d), r, *_counts_row(c)) for (d, r), c in domains], 2, ident="domains",
+                marks=tuple("permerror" if r.split(",")[0] == "PermError" else "" for (_, r), _ in domains)),
     ]
 
 
@@ -308,14 +396,20 @@ def _headline(summary: Summary) -> str:
             f"{summary.unparsed} unparsed); period {period}")
 
 
-NOTE = "share refused = (would refuse + refused) / messages checked"
+NOTES = (
+    "share refused = (would refuse + refused) / messages checked",
+    "would refuse: accepted in header-only mode, enforcement would refuse it; refused: reject or defer",
+    f"recipient domains: a message counts under each; {NOT_LOGGED}: logged without rcpt-domains=",
+)
 
 
 def render_text(summary: Summary, top: int = 20) -> str:
     out = [f"spfmilter report: {_headline(summary)}"]
     for section in sections(summary, top):
         out += ["", section.title, *_table(section)]
-    out += ["", NOTE]
+        if section.note:
+            out.append(f"  {section.note}")
+    out += ["", *NOTES]
     return "\n".join(out) + "\n"
 
 
@@ -331,48 +425,178 @@ def _table(section: Section) -> list[str]:
     return lines
 
 
-def _svg(rows: list, width: int = 640, label_width: int = 240, bar: int = 18) -> str:
-    """Horizontal bars: messages in grey, refused or would-be-refused in red."""
+# Colours of the charts and tables; the legend says what each means.
+REFUSED_COLOUR, WOULD_COLOUR, ACCEPTED_COLOUR, BROKEN_COLOUR = "#b22222", "#f0a030", "#c8c8c8", "#fff3b0"
+LEGEND = (("refused", REFUSED_COLOUR, "refused (enforce mode)"),
+          ("would", WOULD_COLOUR, "would refuse (header-only mode)"),
+          ("accepted", ACCEPTED_COLOUR, "accepted"))
+
+
+def _svg(rows: list, width: int = 760, label_width: int = 260, bar: int = 18) -> str:
+    """Horizontal stacked bars per label: refused, would refuse, the rest of the messages."""
     most = max((c.messages for _, c in rows), default=0) or 1
-    span = width - label_width - 70
+    span = width - label_width - 90
     height = bar * len(rows) + 4
-    out = [(f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-            'role="img"><title>messages (grey) and refused or would be refused (red)</title>')]
+    out = [(f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">'
+            '<title>messages refused (dark red), that enforcement would refuse (orange), accepted (grey)</title>')]
     for index, (label, counts) in enumerate(rows):
         y = index * bar + 2
-        whole = round(span * counts.messages / most)
-        part = round(span * (counts.would_refuse + counts.refused) / most)
-        out.append(
-            f'<text x="{label_width - 6}" y="{y + bar - 5}" text-anchor="end">{html.escape(label)}</text>'
-            f'<rect x="{label_width}" y="{y}" width="{whole}" height="{bar - 4}" fill="#bbb"/>'
-            f'<rect x="{label_width}" y="{y}" width="{part}" height="{bar - 4}" fill="#c33"/>'
-            f'<text x="{label_width + whole + 4}" y="{y + bar - 5}">'
-            f'{counts.would_refuse + counts.refused}/{counts.messages}</text>')
+        x = label_width
+        shown = label if len(label) <= LABEL_LIMIT else label[:LABEL_LIMIT - 1] + "\u2026"
+        out.append(f'<text x="{label_width - 6}" y="{y + bar - 5}" text-anchor="end">{html.escape(shown)}'
+                   f'<title>{html.escape(label)}</title></text>')
+        rest = counts.messages - counts.refused - counts.would_refuse
+        for kind, colour, count in (("refused", REFUSED_COLOUR, counts.refused),
+                                    ("would", WOULD_COLOUR, counts.would_refuse),
+                                    ("accepted", ACCEPTED_COLOUR, rest)):
+            length = round(span * count / most)
+            if length:
+                out.append(f'<rect class="{kind}" x="{x}" y="{y}" width="{length}" height="{bar - 4}" '
+                           f'fill="{colour}"><title>{html.escape(label)}: {count} {kind}</title></rect>')
+            x += length
+        out.append(f'<text x="{x + 4}" y="{y + bar - 5}">'
+                   f'{counts.refused} + {counts.would_refuse} / {counts.messages}</text>')
     out.append("</svg>")
     return "".join(out)
 
 
+def _legend() -> str:
+    keys = "".join(f'<span class="key"><span class="swatch {kind}"></span>{html.escape(text)}</span>'
+                   for kind, _, text in LEGEND)
+    return f'<p class="legend">{keys}<span class="key">bar label: refused + would refuse / messages</span></p>'
+
+
+# Sorting: a click on a column heading sorts by it (numbers high first, text A-Z; again:
+# reversed); the order is kept in the fragment (#sort=TABLE.COLUMN[.d]) so a link shows it.
+SORT_SCRIPT = """
+(function () {
+  function key(cell) {
+    var text = cell.textContent.trim();
+    return /^-?[0-9]+(\\.[0-9]+)?%?$/.test(text) ? [0, parseFloat(text)] : [1, text.toLowerCase()];
+  }
+  function compare(a, b) {
+    if (a[0] !== b[0]) { return a[0] - b[0]; }
+    return a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0;
+  }
+  function sortBy(table, column, descending) {
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (x, y) {
+      var order = compare(key(x.cells[column]), key(y.cells[column]));
+      return descending ? -order : order;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, index) {
+      th.setAttribute("aria-sort", index === column ? (descending ? "descending" : "ascending") : "none");
+    });
+  }
+  function remember(table, column, descending) {
+    var fragment = "#sort=" + table.id + "." + column + (descending ? ".d" : "");
+    if (window.history && history.replaceState) { history.replaceState(null, "", fragment); }
+  }
+  var tables = document.querySelectorAll("table.sortable");
+  Array.prototype.forEach.call(tables, function (table) {
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, column) {
+      th.tabIndex = 0;
+      th.title = "sort by this column";
+      th.setAttribute("aria-sort", "none");
+      function activate() {
+        var numeric = table.tBodies[0].rows.length && key(table.tBodies[0].rows[0].cells[column])[0] === 0;
+        var state = th.getAttribute("aria-sort");
+        var descending = state === "none" ? numeric : state === "ascending";
+        sortBy(table, column, descending);
+        remember(table, column, descending);
+      }
+      th.addEventListener("click", activate);
+      th.addEventListener("keydown", function (event) {
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); activate(); }
+      });
+    });
+  });
+  var wanted = /^#sort=([a-z-]+)\\.([0-9]+)(\\.d)?$/.exec(window.location.hash);
+  var table = wanted && document.getElementById(wanted[1]);
+  var column = wanted && parseInt(wanted[2], 10);
+  if (table && table.classList.contains("sortable") && column < table.tHead.rows[0].cells.length) {
+    sortBy(table, column, !!wanted[3]);
+  }
+  document.body.setAttribute("data-sortable", String(tables.length));
+})();
+"""
+SCRIPT_HASH = base64.b64encode(hashlib.sha256(SORT_SCRIPT.encode()).digest()).decode()
+STYLE = (
+    "body{font-family:sans-serif;margin:2em;color:#222}"
+    "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:2px 8px}"
+    "td{overflow-wrap:anywhere}"  # a long name from the log wraps instead of widening the page
+    "td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#eee;text-align:left}"
+    "table.sortable th{cursor:pointer}table.sortable th:hover{background:#ddd}"
+    "th[aria-sort=ascending]::after{content:' \\25B2'}th[aria-sort=descending]::after{content:' \\25BC'}"
+    "td.sub{padding-left:2em}"
+    f"th.would,td.would,tr.would td{{background:#fdebd0}}th.refused,td.refused,tr.refused td{{background:#f6d5d5}}"
+    f"tr.permerror td{{background:{BROKEN_COLOUR}}}tr.permerror td:first-child{{box-shadow:inset 4px 0 #d4a000}}"
+    "tr.permerror td:first-child::after{content:' (PermError: SPF record broken)';color:#8a6d00;font-size:smaller}"
+    ".chart{font-size:12px;display:block;max-width:100%;height:auto}.legend{font-size:13px;margin:.3em 0}"
+    ".key{margin-right:1.2em;white-space:nowrap}"
+    ".swatch{display:inline-block;width:.9em;height:.9em;margin-right:.3em;vertical-align:-.1em}"
+    f".swatch.refused{{background:{REFUSED_COLOUR}}}.swatch.would{{background:{WOULD_COLOUR}}}"
+    f".swatch.accepted{{background:{ACCEPTED_COLOUR}}}"
+    f".swatch.permerror{{background:{BROKEN_COLOUR};border:1px solid #d4a000}}"
+    "p.note{font-size:13px;color:#555}"
+)
+_COLUMN_CLASS = {"would refuse": "would", "refused": "refused"}
+
+
+def _html_cell(cell: object, numeric: bool, column_class: str) -> str:
+    text = str(cell)
+    classes = ["n"] if numeric else []
+    if text.startswith(" "):  # indented in the text report: a sub-item of the row above
+        classes.append("sub")
+        text = text.lstrip(" ")
+    if column_class:
+        classes.append(column_class)
+    attribute = f' class="{" ".join(classes)}"' if classes else ""
+    return f"<td{attribute}>{html.escape(text)}</td>"
+
+
+def _html_table(section: Section) -> str:
+    esc = html.escape
+    sortable = section.ident != "totals"  # the totals are one list in a fixed order
+    column_classes = [_COLUMN_CLASS.get(str(h), "") for h in section.headers]
+    out = [f'<table id="{esc(section.ident)}"{" class=sortable" if sortable else ""}><thead><tr>'
+           + "".join(f'<th{f" class={c}" if c else ""}>{esc(str(h))}</th>'
+                     for h, c in zip(section.headers, column_classes))
+           + "</tr></thead><tbody>"]
+    for index, row in enumerate(section.rows):
+        mark = section.marks[index] if index < len(section.marks) else ""
+        out.append(f'<tr{f" class={mark}" if mark else ""}>' + "".join(
+            _html_cell(cell, i >= section.left, column_classes[i]) for i, cell in enumerate(row)) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)  # no white space between rows: sorting moves them
+
+
 def render_html(summary: Summary, top: int = 20) -> str:
-    """A self-contained page (no script, no external resources); all text is escaped."""
+    """A self-contained page (no external resources; only our own script, allowed by its hash);
+    all text from the log is escaped."""
     esc = html.escape
     out = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
            ("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-            "style-src 'unsafe-inline'\">"),
-           ("<title>spfmilter report</title><style>body{font-family:sans-serif;margin:2em}"
-            "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:2px 8px}"
-            "td.n{text-align:right}th{background:#eee}.chart{font-size:12px;display:block}</style></head><body>"),
-           f"<h1>spfmilter report</h1><p>{esc(_headline(summary))}</p>"]
+            f"style-src 'unsafe-inline'; script-src 'sha256-{SCRIPT_HASH}'\">"),
+           f"<title>spfmilter report</title><style>{STYLE}</style></head><body>",
+           f"<h1>spfmilter report</h1><p>{esc(_headline(summary))}</p>",
+           '<p class="legend"><span class="key"><span class="swatch permerror"></span>'
+           f"{esc(BROKEN_NOTE)}</span></p>"]
     for section in sections(summary, top):
         out.append(f"<h2>{esc(section.title)}</h2>")
         if section.chart:
+            out.append(_legend())
             out.append(_svg(section.chart))
-        out.append("<table><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in section.headers) + "</tr>")
-        for row in section.rows:
-            out.append("<tr>" + "".join(
-                f'<td{"" if i < section.left else " class=n"}>{esc(str(cell))}</td>'
-                for i, cell in enumerate(row)) + "</tr>")
-        out.append("</table>")
-    out.append(f"<p>{esc(NOTE)}</p></body></html>\n")
+        if section.rows:
+            out.append(_html_table(section))
+        else:
+            out.append('<p class="note">(none)</p>')
+        if section.note:
+            out.append(f'<p class="note">{esc(section.note)}</p>')
+    out += [f'<p class="note">{esc(note)}</p>' for note in NOTES]
+    out.append(f"<script>{SORT_SCRIPT}</script></body></html>\n")
     return "\n".join(out)
 
 
@@ -416,8 +640,9 @@ def add_parser(subparsers) -> None:
     report = subparsers.add_parser(
         "report", help="summarise the log of a header-only period",
         description="Read spfmilter's log (syslog or stderr format, plain or gzip; '-' is standard "
-                    "input) and count per sender domain and result how many messages enforcement "
-                    "would have refused (action=would-reject or would-defer).")
+                    "input) and count per sender domain and result, and per recipient domain, how many "
+                    "messages enforcement would have refused (action=would-reject or would-defer), and "
+                    "which clients sent them.")
     report.add_argument("logs", metavar="LOG", nargs="*",
                         help="log files, e.g. /var/log/mail.log (default: standard input, which must not "
                              "be a terminal)")
@@ -431,6 +656,9 @@ def add_parser(subparsers) -> None:
     report.add_argument("--domain", metavar="DOMAIN",
                         help="only messages from this sender domain and its subdomains "
                              "(the HELO name for the null sender)")
+    report.add_argument("--recipient-domain", metavar="DOMAIN",
+                        help="only messages with a recipient in this domain (exactly, as enforce_domains "
+                             "matches): what enforcing it would refuse")
 
 
 JOURNALCTL = ("journalctl", "-u", "spfmilter", "-o", "short-iso", "--no-pager")
@@ -458,7 +686,8 @@ def run(args, out=None, stdin=None) -> int:
         return 2
     lines = _lines(args.logs or ["-"], stdin)
     try:
-        summary = summarise((parse_line(line, today) for line in lines), since=args.since, domain=args.domain)
+        summary = summarise((parse_line(line, today) for line in lines), since=args.since, domain=args.domain,
+                            recipient_domain=args.recipient_domain)
     except ReadError as exc:
         print(f"spfmilter report: {exc}", file=sys.stderr)
         return 2
@@ -474,7 +703,8 @@ def _run_journal(args, out, today: date) -> int:
         return 2
     with proc:
         text = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace")
-        summary = summarise((parse_line(line, today) for line in text), since=args.since, domain=args.domain)
+        summary = summarise((parse_line(line, today) for line in text), since=args.since, domain=args.domain,
+                            recipient_domain=args.recipient_domain)
     if proc.returncode != 0:
         print(f"spfmilter report: {' '.join(command)} exited with status {proc.returncode}", file=sys.stderr)
         return 2

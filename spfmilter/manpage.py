@@ -214,7 +214,7 @@ def _log_example() -> str:
                          mechanism="-all")
     reply = Reply(550, "5.7.23", "SPF fail for example.org (MAIL FROM a@example.org): "
                                  "192.0.2.7 is not authorized to send for example.org")
-    return log_line(outcome, facts, config, Action.WOULD_REJECT, reply)
+    return log_line(outcome, facts, config, Action.WOULD_REJECT, reply, "example.com")
 
 
 def _wrap_log_line(line: str) -> list[str]:
@@ -293,8 +293,10 @@ def render_spfmilter8() -> str:
         "One line per verified identity, in the " + bold("key=value; ...")
         + " form that policyd-spf users know: the result, the identity, client IP, HELO name, "
         "envelope sender, receiver, the matching mechanism or the problem, the action taken (or "
-        + bold("would-...") + " in header-only mode), the reply for refusals, and the queue id "
-        "when the MTA passes the " + bold("i") + " macro. Values that contain spaces or "
+        + bold("would-...") + " in header-only mode), the reply for refusals, the queue id "
+        "when the MTA passes the " + bold("i") + " macro, and on the MAIL FROM line the recipient "
+        "domains (" + bold("rcpt-domains=") + "), which " + bold("spfmilter report")
+        + " counts per recipient domain. Values that contain spaces or "
         + bold(";") + " are quoted, so a hostile HELO name cannot fake a field. Clients that are "
         "not checked get one " + bold("skipped=") + " line.")
     out += _para("For example (one line, shown wrapped):")

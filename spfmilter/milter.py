@@ -12,7 +12,9 @@ Stages (all other stages are switched off in :meth:`SpfMilter.negotiate`):
 * connect, HELO, MAIL FROM and header lines need no reply (``@Milter.noreply``);
   SPF is evaluated at MAIL FROM;
 * RCPT TO replies: a refusal is given here, recipient by recipient, so that
-  postmaster@ and abuse@ are never refused (RFC 5321 section 4.5.1);
+  postmaster@ and abuse@ are never refused (RFC 5321 section 4.5.1); each recipient's
+  domain is noted for the log line (``rcpt-domains=``, read by ``spfmilter report``) --
+  also when nothing can be refused, where RCPT needs no reply on unix sockets;
 * end of message removes forged copies of our headers and prepends ours.
 
 Any exception in a callback is logged once with its traceback and answered with
@@ -64,6 +66,8 @@ SRS_ACTIONS = Milter.CHGFROM | Milter.ADDRCPT | Milter.DELRCPT
 # spf_fail_hold = dkim: a held message is kept in memory up to this size for DKIM; a
 # bigger one cannot be verified and gets the SPF refusal.
 HOLD_MAX_BYTES = 10 * 1024 * 1024
+# Distinct recipient domains kept per transaction for the log line; further ones are only counted.
+MAX_RCPT_DOMAINS = 1000
 
 
 @dataclass
@@ -77,6 +81,8 @@ class _Transaction:
     srs_kind: Optional[Kind] = None  # fixed by the first accepted recipient
     reversed: list = field(default_factory=list)  # (SRS recipient as given, original address)
     rcpt_seen: bool = False
+    rcpt_domains: dict = field(default_factory=dict)  # distinct recipient domains in order seen (values unused)
+    rcpt_domains_more: int = 0  # recipients whose domain was not kept (over MAX_RCPT_DOMAINS)
     strips_forged: bool = True  # headers claiming to be ours are removed (all but trusted networks)
     spared: bool = False  # a recipient got it although enforcement would have refused it
     hold: Optional[bool] = None  # spf_fail_hold: True = held recipients, False = free ones (first decides)
@@ -167,7 +173,9 @@ class SpfMilter(Milter.Base):
             if self.config.socket.family == "unix":
                 wanted |= SKIPPED_ON_UNIX | NO_REPLY_STAGES
                 if not enforcement_possible(self.config) and not self._srs:
-                    wanted |= Milter.P_NORCPT  # nothing to answer per recipient
+                    # nothing to answer per recipient, but its domain is logged (rcpt-domains=):
+                    # RCPT is sent without waiting for a reply
+                    wanted |= Milter.P_NR_RCPT
             wanted &= offered_protocol
             self._leading_space = bool(wanted & Milter.P_HDR_LEADSPC)
             self._protocol = wanted
@@ -234,13 +242,29 @@ class SpfMilter(Milter.Base):
                     metrics.spf(outcome.identity.value, outcome.result.value)
         return Milter.CONTINUE
 
-    @_guarded("rcpt", replies=True)
     def envrcpt(self, recipient, *params):
+        if self._protocol & Milter.P_NR_RCPT:  # nothing can be refused: the MTA expects no reply
+            self._rcpt_unanswered(recipient)
+            return Milter.NOREPLY
+        return self._rcpt(recipient)
+
+    @_guarded("rcpt", replies=False)
+    def _rcpt_unanswered(self, recipient):
+        if self._rcpt_verdict(recipient) != Milter.CONTINUE:  # negotiate() rules this out
+            raise RuntimeError("a recipient was refused at a RCPT stage negotiated without reply")
+        return Milter.CONTINUE
+
+    @_guarded("rcpt", replies=True)
+    def _rcpt(self, recipient):
+        return self._rcpt_verdict(recipient)
+
+    def _rcpt_verdict(self, recipient: str):
         tx = self._tx
         self._update_queue_id()
         if tx is None:
             return Milter.CONTINUE
         tx.rcpt_seen = True
+        self._note_rcpt_domain(tx, recipient)
         verdict = rcpt_verdict(tx.evaluation, recipient, self.config, tx.hold)
         if verdict.reply is not None:
             if verdict.action is not None and not tx.logged:
@@ -250,6 +274,16 @@ class SpfMilter(Milter.Base):
             tx.hold = verdict.held
         tx.spared |= verdict.spared
         return self._rcpt_srs(tx, recipient) if self._srs else Milter.CONTINUE
+
+    @staticmethod
+    def _note_rcpt_domain(tx: _Transaction, recipient: str) -> None:
+        domain = parse_envelope_address(recipient or "").domain.lower().rstrip(".")
+        if not domain or domain in tx.rcpt_domains:
+            return
+        if len(tx.rcpt_domains) < MAX_RCPT_DOMAINS:
+            tx.rcpt_domains[domain] = None
+        else:
+            tx.rcpt_domains_more += 1
 
     def _rcpt_srs(self, tx: _Transaction, recipient: str):
         verdict = rcpt_srs(self._srs, tx.facts.sender, vouched_for(tx.evaluation), recipient, tx.srs_kind,
@@ -471,11 +505,12 @@ class SpfMilter(Milter.Base):
             return
         self.service.metrics.action(action.value)
         decided_by = evaluation.decision.identity
+        domains = hdr.rcpt_domains_text(list(tx.rcpt_domains), tx.rcpt_domains_more)
         for outcome in evaluation.outcomes:
             if not outcome.checked:
                 continue
             log.info("%s", hdr.log_line(outcome, tx.facts, self.config, action,
-                                        reply if outcome.identity is decided_by else None))
+                                        reply if outcome.identity is decided_by else None, domains))
 
     def _end_transaction(self, action: Action) -> None:
         tx, self._tx = self._tx, None

@@ -98,6 +98,9 @@ def test_fail_sender(mta):
     print(f"--- delivered headers ---\n{''.join(f'{k}: {v}' + chr(10) for k, v in delivered.items())}")
     assert our_results(delivered) == {"ar": {"helo": "pass", "mailfrom": "fail"},
                                       "rspf": {"helo": "pass", "mailfrom": "fail"}}
+    # the log names the recipient domain for spfmilter report (issue 14), header-only on a unix socket too
+    assert [line.endswith("; rcpt-domains=mx.test") for line in milter.log_lines("envelope-from=x@fail.example")
+            if "identity=mailfrom" in line][-1:] == [True]
 
 
 def test_enforce_refusal_carries_the_domains_explanation(mta):

@@ -6,7 +6,9 @@ logging setup) so the parser cannot drift from what the milter writes.
 from __future__ import annotations
 
 import argparse
+import base64
 import gzip
+import hashlib
 import html
 import io
 import logging
@@ -18,10 +20,11 @@ import pytest
 
 from spfmilter.cli import setup_logging
 from spfmilter.config import parse_text
-from spfmilter.headers import log_line, skip_line
-from spfmilter.logreport import Record, add_parser, parse_line, render_html, render_text, run, summarise
+from spfmilter.headers import log_line, rcpt_domains_text, skip_line
+from spfmilter.logreport import (REFUSED_COLOUR, SCRIPT_HASH, SORT_SCRIPT, WOULD_COLOUR, Record, add_parser,
+                                  parse_line, render_html, render_text, run, sections, summarise)
 from spfmilter.policy import Action, Facts, decide
-from spfmilter.text import clean
+from spfmilter.text import clean, unquote
 from spfmilter.verify import Identity, SpfOutcome, SpfResult as R
 
 HEADER_ONLY = parse_text("authserv_id = mx.test\n")
@@ -39,7 +42,8 @@ def stderr(message: str, day: int = 23, pid: int = 123) -> str:
 
 
 def transaction(helo_result=R.PASS, mailfrom_result=R.PASS, sender="alice@example.org", helo=HELO,
-                config=HEADER_ONLY, action=None, queue_id="Q1", ip="192.0.2.1") -> list[str]:
+                config=HEADER_ONLY, action=None, queue_id="Q1", ip="192.0.2.1", rcpt_domains=(),
+                rcpt_more=0) -> list[str]:
     """The two log lines the milter writes for one transaction (see Milter._log_outcomes)."""
     facts = Facts(ip, helo, sender, queue_id=queue_id)
     helo_outcome = SpfOutcome(Identity.HELO, helo_result, helo, f"postmaster@{helo}", problem="p")
@@ -52,7 +56,9 @@ def transaction(helo_result=R.PASS, mailfrom_result=R.PASS, sender="alice@exampl
         else:
             action = decision.action.value if config.enforce else f"would-{decision.action.value}"
     reply = decision.reply if action != "accept" else None
-    return [log_line(outcome, facts, config, Action(action), reply if outcome.identity is decision.identity else None)
+    domains = rcpt_domains_text(rcpt_domains, rcpt_more)
+    return [log_line(outcome, facts, config, Action(action), reply if outcome.identity is decision.identity else None,
+                     domains)
             for outcome in (helo_outcome, mailfrom_outcome)]
 
 
@@ -321,7 +327,9 @@ def test_empty_log():
     assert summary.total.messages == 0 and summary.total.share == "-"
     text = render_text(summary)
     assert "messages checked" in text and "(none)" in text
-    assert "<table>" in render_html(summary)
+    page = render_html(summary)
+    assert '<table id="totals">' in page and page.count("<table") == 1  # empty sections say (none)
+    assert page.count("(none)") == len(sections(summary, 20)) - 1
 
 
 # --------------------------------------------------------------------------- output
@@ -350,12 +358,17 @@ def test_html_escapes_log_content():
              *transaction(R.PASS, R.FAIL, 'x@"><img src=x onerror=alert(1)>.example', queue_id="2")]
     summary = summary_of(lines)
     page = render_html(summary)
-    assert "<script" not in page and "<img" not in page
+    # the only script is our own, allowed by its hash in the Content-Security-Policy
+    assert page.count("<script") == 1 and f"<script>{SORT_SCRIPT}</script>" in page
+    assert f"script-src 'sha256-{SCRIPT_HASH}'" in page
+    assert "<img" not in page
     assert html.escape(f"<> (helo {helo.lower()})") in page
     assert html.escape('"><img src=x onerror=alert(1)>.example') in page
-    assert not re.search(r"(?i)\b(src|href)\s*=|@import|url\(", page.replace(
-        html.escape('"><img src=x onerror=alert(1)>.example'), ""))
-    assert page.count("<svg") == 2 and page.count("<table>") == 5
+    # no tag loads anything (the hostile text is escaped content, also where a chart label shortens it)
+    markup = re.findall(r"<[^>]*>", page.replace(f"<script>{SORT_SCRIPT}</script>", ""))
+    assert not [tag for tag in markup if re.search(r"(?i)\b(src|href)\s*=|@import|url\(", tag)]
+    assert re.search(r"(?i)\b(src|href)\s*=", page)  # (the check above has something to look at)
+    assert page.count("<svg") == 3 and page.count("<table") == 7
     # terminal output keeps the text, cleaned of control characters
     assert "<img src=x onerror=alert(1)>.example" in render_text(summary)
 
@@ -456,3 +469,178 @@ def test_dkim_spared_messages_have_their_own_total():
              f"envelope-from=a{n}@fail.example; receiver=mx.test; action=accept-dkim" for n in range(3)]
     text = render_text(summarise(parse_line(line) for line in lines), 5)
     assert re.search(r"accepted: SPF fail spared by aligned DKIM\s+3\s+100\.0%", text), text
+
+
+# --------------------------------------------------------------------------- recipient domains (issue 14)
+
+def fields_of(line: str) -> dict:
+    return {key: unquote(value) for key, value in re.findall(r'([a-z-]+)=("(?:[^"\\]|\\.)*"|[^\s;"]*)', line)}
+
+
+def test_recipient_domains_go_last_on_the_mail_from_line_only():
+    helo_line, mailfrom_line = transaction(R.PASS, R.FAIL, rcpt_domains=("example.com", "example.net"))
+    assert mailfrom_line.endswith('; queue-id=Q1; rcpt-domains="example.com,example.net"')
+    assert "rcpt-domains" not in helo_line
+    # every field the line had before is still there, in its place (policyd-spf shape)
+    assert mailfrom_line.startswith("Fail; identity=mailfrom; client-ip=192.0.2.1; helo=mail.example.net; "
+                                    "envelope-from=alice@example.org; receiver=mx.test; mechanism=-all; "
+                                    "action=would-reject; reply=")
+    assert "rcpt-domains" not in transaction(R.PASS, R.FAIL)[1]  # no recipient seen: no field
+    one = transaction(rcpt_domains=("example.com",))[1]
+    assert one.endswith("; rcpt-domains=example.com")  # one plain token: not quoted
+
+
+@pytest.mark.parametrize("hostile", ['x"; action=accept; y="', "a,b", "evil\r\nPass; identity=mailfrom",
+                                     "<script>", "x; rcpt-domains=forged.example"])
+def test_hostile_recipient_domains_cannot_add_fields_or_items(hostile):
+    line = transaction(R.PASS, R.FAIL, rcpt_domains=(hostile, "example.com"))[1]
+    assert "\n" not in line and "\r" not in line
+    record = parse_line(syslog(line), TODAY)
+    assert (record.error, record.action) == ("", "would-reject")
+    assert len(record.rcpt_domains) == 2 and record.rcpt_domains[1] == "example.com"
+    assert record.rcpt_domains[0] == clean(hostile).replace(",", "?").lower()
+
+
+def test_recipient_domain_list_is_bounded_and_counts_the_rest():
+    many = [f"d{i:03d}-{'x' * 40}.example" for i in range(50)]
+    text = rcpt_domains_text(many, more=3)
+    assert len(text) <= 210
+    items = text.split(",")
+    shown = items[:-1]
+    assert shown == many[:len(shown)] and items[-1] == f"+{50 - len(shown) + 3}"
+    record = parse_line(transaction(R.PASS, R.FAIL, rcpt_domains=many, rcpt_more=3)[1], TODAY)
+    assert list(record.rcpt_domains) == shown and record.rcpt_more == 50 - len(shown) + 3
+    # one very long domain is still listed (never an empty list with only a count)
+    assert rcpt_domains_text(["y" * 240 + ".example", "b.example"]) == "y" * 240 + ".example,+1"
+
+
+def test_per_recipient_domain_view():
+    lines = [
+        *transaction(R.PASS, R.FAIL, "a@partner.example", rcpt_domains=("example.com", "Example.NET."), queue_id="1"),
+        *transaction(R.PASS, R.PASS, "b@good.example", rcpt_domains=("example.com",), queue_id="2"),
+        *transaction(R.PASS, R.FAIL, "c@partner.example", rcpt_domains=("example.org",), config=ENFORCE,
+                     queue_id="3"),
+        *transaction(R.PASS, R.TEMPERROR, "d@slow.example", rcpt_domains=("example.com",), rcpt_more=2,
+                     queue_id="4"),
+        *transaction(R.PASS, R.FAIL, "e@partner.example", queue_id="5"),  # an older version's line
+    ]
+    summary = summary_of(lines)
+    assert {d: (c.messages, c.would_refuse, c.refused) for d, c in summary.recipients.items()} == {
+        "example.com": (3, 2, 0), "example.net": (1, 1, 0), "example.org": (1, 0, 1),
+        "(more, not listed)": (1, 1, 0), "(not in the log)": (1, 1, 0)}
+    assert summary.total.messages == 5  # a message with two recipient domains is still one message
+    text = render_text(summary)
+    section = text.split("Per recipient domain: what enforcing it would refuse\n")[1].split("\n\n")[0]
+    rows = [line.split() for line in section.splitlines()]
+    assert rows[1] == ["example.com", "3", "2", "0", "66.7%"]  # most refused first
+    assert ["example.org", "1", "0", "1", "100.0%"] in rows
+
+
+def test_recipient_domain_filter_answers_what_enforcing_it_would_refuse(tmp_path):
+    lines = [
+        *transaction(R.PASS, R.FAIL, "a@partner.example", rcpt_domains=("example.com", "example.net"), queue_id="1"),
+        *transaction(R.PASS, R.FAIL, "b@other.example", rcpt_domains=("sub.example.com",), queue_id="2"),
+        *transaction(R.PASS, R.PASS, "c@good.example", rcpt_domains=("EXAMPLE.com",), queue_id="3"),
+        *transaction(R.PASS, R.FAIL, "d@old.example", queue_id="4"),
+    ]
+    summary = summary_of(lines, recipient_domain="Example.Com.")
+    # exactly the domain, as enforce_domains matches: not its subdomains, not lines without the field
+    assert sorted(summary.domains) == [("good.example", "Pass"), ("partner.example", "Fail")]
+    assert (summary.total.messages, summary.total.would_refuse) == (2, 1)
+    (tmp_path / "mail.log").write_text("\n".join(lines) + "\n")
+    out = io.StringIO()
+    args = parse_args(["report", str(tmp_path / "mail.log"), "--recipient-domain", "example.com"])
+    assert args.recipient_domain == "example.com"
+    assert run(args, out) == 0
+    top = out.getvalue().split("sender domains enforcement would refuse\n")[1].split("\n\n")[0]
+    assert "partner.example" in top and "other.example" not in top and "old.example" not in top
+
+
+def test_clients_of_the_refused_sender_domains():
+    lines = []
+    for n in range(8):  # a forgery: every message from elsewhere
+        lines += transaction(R.PASS, R.FAIL, "ceo@bank.example", ip=f"203.0.113.{n}", helo=f"H{n}.spam.example",
+                             queue_id=f"b{n}")
+    lines += transaction(R.PASS, R.FAIL, "ceo@bank.example", ip="203.0.113.0", helo="h0.spam.example.", queue_id="b8")
+    for n in range(3):  # a forwarder: one client, one name
+        lines += transaction(R.PASS, R.FAIL, f"n{n}@partner.example", ip="198.51.100.7", helo="fwd.lists.example",
+                             queue_id=f"p{n}")
+    lines += transaction(R.PASS, R.PASS, "ok@partner.example", ip="192.0.2.99", helo="mx.partner.example",
+                         queue_id="p9")  # not refused: not among the clients
+    summary = summary_of(lines)
+    assert summary.clients["partner.example"] == {("198.51.100.7", "fwd.lists.example"): 3}
+    assert summary.clients["bank.example"][("203.0.113.0", "h0.spam.example")] == 2  # case, root dot
+    section = next(s for s in sections(summary, 20) if s.ident == "clients")
+    assert section.rows[0] == ("bank.example", "203.0.113.0", "h0.spam.example", 2)
+    assert [row[1] for row in section.rows[1:5]] == ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4"]
+    assert section.rows[5] == ("bank.example", "+3 more (8 IPs in all)", "(8 HELO names in all)", 3)
+    assert section.rows[6:] == [("partner.example", "198.51.100.7", "fwd.lists.example", 3)]
+    # only the sender domains of the top list
+    assert [row[0] for row in next(s for s in sections(summary, 1) if s.ident == "clients").rows] == [
+        "bank.example"] * 6
+
+
+PERMERROR_REFUSED = parse_text("authserv_id = mx.test\nmailfrom_reject_results = fail, permerror\n")
+
+
+def report_sample() -> list[str]:
+    lines = [*transaction(R.PASS, R.PASS, "a@good.example", rcpt_domains=("example.com",), queue_id="1"),
+             *transaction(R.PASS, R.FAIL, "b@partner.example", rcpt_domains=("example.com",), queue_id="2"),
+             *transaction(R.PASS, R.FAIL, "c@partner.example", rcpt_domains=("example.org",), config=ENFORCE,
+                          queue_id="3"),
+             *transaction(R.PASS, R.PERMERROR, "d@broken.example", rcpt_domains=("example.com",),
+                          config=PERMERROR_REFUSED, queue_id="4")]
+    return [syslog(line) for line in lines]
+
+
+def test_permerror_domains_are_pointed_out():
+    summary = summary_of(report_sample())
+    assert summary.broken() == {"broken.example"}
+    text = render_text(summary)
+    assert ("PermError: the sender domain's SPF record is broken; its owner has to fix it: broken.example"
+            in text)
+    page = render_html(summary)
+    for ident in ("top", "clients", "domains"):  # highlighted wherever the domain is listed
+        table = re.search(rf'<table id="{ident}".*?</table>', page).group(0)
+        rows = re.findall(r"<tr( class=permerror)?><td>([^<]*)</td>", table)
+        assert {name for mark, name in rows if mark} == {"broken.example"}, ident
+        assert {name for mark, name in rows if not mark} >= {"partner.example"}, ident
+    assert "tr.permerror td{background:" in page
+
+
+def test_html_tells_would_refuse_from_refused_and_keeps_the_indentation():
+    page = render_html(summary_of(report_sample()))
+    # a legend before each chart names the three colours the bars use
+    legends = re.findall(r'<p class="legend">(.*?)</p>\s*<svg', page)
+    assert len(legends) == page.count("<svg") == 3
+    for legend in legends:
+        assert re.findall(r'swatch (\w+)', legend) == ["refused", "would", "accepted"]
+        assert "refused (enforce mode)" in legend and "would refuse (header-only mode)" in legend
+    # bars: one segment per kind, each in its colour, widths in proportion
+    chart = page.split('<svg', 2)[1]  # top sender domains: partner.example first (1 would + 1 refused of 2)
+    first = chart.split("<text", 3)[1:3]
+    bars = re.findall(r'<rect class="(\w+)" x="(\d+)" y="\d+" width="(\d+)"[^>]*fill="(#\w+)"', first[0] + first[1])
+    assert [(kind, colour) for kind, _, _, colour in bars] == [("refused", REFUSED_COLOUR), ("would", WOULD_COLOUR)]
+    assert bars[0][2] == bars[1][2] and int(bars[1][1]) == int(bars[0][1]) + int(bars[0][2])  # stacked
+    # the columns are coloured as the legend says
+    assert '<th class=would>would refuse</th><th class=refused>refused</th>' in page
+    assert re.search(r'<td class="n would">\d+</td><td class="n refused">\d+</td>', page)
+    # the totals keep the text report's indentation, as a style
+    totals = re.search(r'<table id="totals">.*?</table>', page).group(0)
+    assert '<tr class=would><td class="sub">would-reject</td>' in totals
+    assert '<tr class=refused><td class="sub">reject</td>' in totals
+    assert "<td>messages checked</td>" in totals and "&nbsp;" not in totals
+    assert "td.sub{padding-left:" in page
+    # every table but the totals can be sorted
+    assert re.findall(r'<table id="([a-z]+)" class=sortable>', page) == [
+        "results", "top", "clients", "recipients", "days", "domains"]
+    assert all(table.count("<thead>") == table.count("<tbody>") == 1
+               for table in re.findall(r"<table.*?</table>", page))
+
+
+def test_the_page_allows_its_own_script_only():
+    page = render_html(summary_of(report_sample()))
+    csp = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', page).group(1)
+    assert csp == f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{SCRIPT_HASH}'"
+    script = re.search(r"<script>(.*?)</script>", page, re.DOTALL).group(1)
+    assert base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() == SCRIPT_HASH
