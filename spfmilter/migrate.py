@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import foreignkeys
 from .config import (DEFAULT_SOCKET, Network, is_hostname, parse_authserv_id, parse_domains, parse_networks,
