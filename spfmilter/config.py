@@ -506,13 +506,14 @@ def parse_socketmap(text: str) -> Optional[SocketSpec]:
     if not text.strip():
         return None
     spec = parse_socket(text)
-    if spec.family != "unix" and not _is_loopback(spec.address):
+    if spec.family != "unix" and not is_loopback(spec.address):
         raise ValueError(f"{spec.address} is not a loopback address: serve the SRS socketmap on 127.0.0.1, "
                          "::1 or a unix socket (anyone who can query it gets addresses we sign)")
     return spec
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or localhost) is a loopback address."""
     if host == "localhost":
         return True
     try:

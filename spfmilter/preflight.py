@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import grp
-import ipaddress
 import os
 import pwd
 import socket
@@ -23,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import Config, SocketSpec
+from .config import Config, SocketSpec, is_loopback
 
 READ, WRITE, SEARCH = 4, 2, 1
 UNIX_PATH_MAX = 108  # sizeof(sun_path) on Linux, the terminating NUL included
@@ -158,19 +157,10 @@ def risky_settings(config: Config) -> list[str]:
     if config.socket.family == "unix" and config.socket_mode & stat.S_IWOTH:
         risks.append(f"socket_mode {config.socket_mode:04o} lets every local user talk to the milter "
                      "(and feed it forged client facts): use 0660 with socket_group")
-    if config.metrics_listen and not _loopback(config.metrics_listen.rpartition(":")[0].strip("[]")):
+    if config.metrics_listen and not is_loopback(config.metrics_listen.rpartition(":")[0].strip("[]")):
         risks.append(f"metrics_listen {config.metrics_listen} is not on loopback: anyone who can reach it "
                      "reads the mail statistics (keep it on 127.0.0.1 or ::1)")
     return risks
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def startup_problems(config: Config) -> tuple[list[str], list[str]]:
