@@ -165,17 +165,22 @@ class _Io:
             return
         self.closed = True
         if self.pid != os.getpid():  # a copy from before fork(): no thread here, just drop the fds
-            self._close_sockets()
+            self._close_sockets(locked=False)
             return
         try:
             self.wake_w.send(b"x")
         except OSError:
             pass
 
-    def _close_sockets(self) -> None:
-        with self.lock:
+    def _close_sockets(self, locked: bool = True) -> None:
+        # In a forked child the lock may have been copied while held by the parent's thread,
+        # which does not exist here: nothing else runs on this copy, so it is not taken.
+        if locked:
+            with self.lock:
+                socks = [sock for group in self.sockets.values() for sock in group]
+                self.sockets.clear()
+        else:
             socks = [sock for group in self.sockets.values() for sock in group]
-            self.sockets.clear()
         for sock in socks:
             sock.close()
         self.selector.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import socket
 import threading
 import time
@@ -182,6 +183,27 @@ def test_a_forked_child_gets_its_own_transport():
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert client.lookup("again.fork.example", "A", time.monotonic() + 5) == Answer((ADDRESS,))
+
+
+def test_a_child_forked_while_the_transport_lock_is_held_still_resolves():
+    """fork() copies a lock held by another thread of the parent; the child must not wait on it."""
+    with Responder(honest) as responder:
+        client = responder.client()
+        client.lookup("parent.lockfork.example", "A", time.monotonic() + 5)
+        with client._resolver._io.lock:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    signal.alarm(5)  # a child stuck on the copied lock dies of SIGALRM
+                    answer = client.lookup("child.lockfork.example", "A", time.monotonic() + 3)
+                    code = 0 if answer == Answer((ADDRESS,)) else 2
+                finally:
+                    os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_transport_off_asks_through_dnspython():
