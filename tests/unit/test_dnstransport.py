@@ -229,3 +229,6 @@ def test_the_dns_benchmark_runs_both_implementations_correctly():
         assert result[name]["queries"] == 150
         assert result[name]["cpu_ms_per_lookup"] > 0
     assert result["cpu_ratio"] > 0
+    pieces = dnsbench.breakdown(repeat=50)
+    assert set(pieces) >= {"response_from_wire", "query_to_wire", "socket_and_selector"}
+    assert all(value > 0 for value in pieces.values())
