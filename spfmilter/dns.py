@@ -38,6 +38,8 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
+from .dnstransport import Transport
+
 SUPPORTED_TYPES = ("A", "AAAA", "MX", "PTR", "TXT")
 MAX_CACHE_TTL = 86400
 NEGATIVE_TTL_CAP = 3600
@@ -142,8 +144,13 @@ class DnsClient:
     """Resolve names for SPF, with a shared cache and a hard deadline per lookup."""
 
     def __init__(self, resolver: dns.resolver.Resolver, cache_size: int = 10000,
-                 clock: Callable[[], float] = time.monotonic, on_event: Callable[[str], None] = lambda event: None):
+                 clock: Callable[[], float] = time.monotonic, on_event: Callable[[str], None] = lambda event: None,
+                 transport: bool = True):
+        # A dnspython resolver's servers are asked through one long-lived transport per
+        # process (dnstransport.py) unless ``transport`` is off; stand-ins answer themselves.
         self._resolver = resolver
+        if transport and isinstance(resolver, dns.resolver.Resolver):
+            self._resolver = Transport.from_resolver(resolver) or resolver
         self._clock = clock
         self._event = on_event  # "query", "cache-hit", "timeout", "server-failure" (for metrics)
         self.cache = TtlCache(cache_size, clock)
