@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import dns.exception
 import dns.message
@@ -148,7 +148,7 @@ class DnsClient:
                  transport: bool = True):
         # A dnspython resolver's servers are asked through one long-lived transport per
         # process (dnstransport.py) unless ``transport`` is off; stand-ins answer themselves.
-        self._resolver = resolver
+        self._resolver: Any = resolver  # a dnspython Resolver, or anything with its resolve()
         if transport and isinstance(resolver, dns.resolver.Resolver):
             self._resolver = Transport.from_resolver(resolver) or resolver
         self._clock = clock
@@ -262,8 +262,9 @@ class DnsClient:
             if remaining <= 0:
                 break
             try:
-                return self._resolver.resolve(qname, qtype, lifetime=min(remaining, per_round),
-                                              raise_on_no_answer=False, search=False)
+                answer: dns.resolver.Answer = self._resolver.resolve(
+                    qname, qtype, lifetime=min(remaining, per_round), raise_on_no_answer=False, search=False)
+                return answer
             except dns.resolver.LifetimeTimeout:
                 continue
         raise dns.resolver.LifetimeTimeout(timeout=0.0, errors=[])

@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 import weakref
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import dns.exception
 import dns.flags
@@ -243,7 +243,7 @@ class Transport:
                 self._finalizer = weakref.finalize(self, self._io.close)
             return self._io
 
-    def resolve(self, qname, rdtype, lifetime: float, raise_on_no_answer: bool = False,
+    def resolve(self, qname: dns.name.Name | str, rdtype: Any, lifetime: float, raise_on_no_answer: bool = False,
                 search: bool = False) -> dns.resolver.Answer:
         """Like ``Resolver.resolve(qname, rdtype, lifetime=..., raise_on_no_answer=False)``."""
         del raise_on_no_answer, search  # always False here: dns.py handles NODATA itself
@@ -277,7 +277,7 @@ class Transport:
                 live.remove(server)
         raise dns.resolver.NoNameservers(request=request, errors=errors)
 
-    def _request(self, name: dns.name.Name, rdtype) -> dns.message.QueryMessage:
+    def _request(self, name: dns.name.Name, rdtype: Any) -> dns.message.QueryMessage:
         # id=0 spares dnspython's own random draw: _udp() sets a fresh id per attempt.
         if self.payload:
             return dns.message.make_query(name, rdtype, use_edns=0, payload=self.payload, id=0)
@@ -324,7 +324,8 @@ class Transport:
         pending.ready.acquire()  # answered just as we gave up: the outcome is set
         return pending.outcome
 
-    def _judge(self, name, rdtype, response: dns.message.Message, server, errors: list):
+    def _judge(self, name: dns.name.Name, rdtype: Any, response: Any, server: tuple[str, int],
+               errors: list) -> Optional[dns.resolver.Answer]:
         """dnspython's reading of a response (its ``_Resolution.query_result``)."""
         rcode = response.rcode()
         try:
