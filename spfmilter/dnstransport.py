@@ -40,7 +40,6 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
-import dns.nameserver
 import dns.query
 import dns.rcode
 import dns.rdataclass
@@ -67,8 +66,9 @@ def servers_of(resolver: dns.resolver.Resolver) -> Optional[list[tuple[str, int]
             except ValueError:
                 return None
             servers.append((address, resolver.nameserver_ports.get(server, resolver.port)))
-        elif isinstance(server, dns.nameserver.Do53Nameserver):
-            servers.append((_norm_address(server.address), server.port))
+        elif type(server).__name__ == "Do53Nameserver":  # dnspython >= 2.4 (Debian 12 has 2.3)
+            plain: Any = server
+            servers.append((_norm_address(plain.address), plain.port))
         else:
             return None
     return servers or None
