@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
-__all__ = ["Case", "World", "generate", "check_host", "evaluate_case", "MIX", "RESULTS", "ALLOWED_NETWORKS"]
+__all__ = ["Case", "World", "generate", "cold_world", "zipf_cases", "zone_ttls", "check_host", "evaluate_case", "MIX", "RESULTS", "ALLOWED_NETWORKS"]
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 #: Share of sender domains per MAIL FROM result.
@@ -1023,6 +1023,44 @@ def generate(n_domains: int = 600, n_helos: int = 40, seed: int = 1, *, cases_pe
              ipv6_share: float = 0.10) -> World:
     """A deterministic SPF world: the same arguments always give the same World."""
     return _Builder(n_domains, n_helos, seed, cases_per_domain, ipv6_share).build()
+
+
+def cold_world(n_domains: int, n_helos: int = 40, seed: int = 1) -> World:
+    """A world for the cold-cache scenario: one case per sender domain, so a run that uses every
+    case at most once (``run_load(..., once=True)``) never sees a sender domain twice.  The big
+    providers' records and the HELO names stay shared, as on a real MX."""
+    return generate(n_domains, n_helos, seed, cases_per_domain=1)
+
+
+def zipf_cases(world: World, n_sessions: int, exponent: float = 1.0, seed: int = 1) -> list:
+    """``n_sessions`` cases whose sender domains follow a Zipf law over the world's domains.
+
+    The domain of rank k (1-based, ranks in the order of first appearance in ``world.cases``) is
+    drawn with probability proportional to ``1 / k ** exponent``: a few big senders, a long tail.
+    Each draw takes one of that domain's cases (they all expect the domain's result).
+    """
+    if n_sessions < 0 or exponent <= 0:
+        raise ValueError("n_sessions must be >= 0 and exponent > 0")
+    by_domain: dict = {}
+    for case in world.cases:
+        by_domain.setdefault(case.domain, []).append(case)
+    domains = list(by_domain)
+    cumulative, total = [], 0.0
+    for rank in range(1, len(domains) + 1):
+        total += rank ** -exponent
+        cumulative.append(total)
+    rng = random.Random(seed)
+    drawn = rng.choices(range(len(domains)), cum_weights=cumulative, k=n_sessions)
+    return [rng.choice(by_domain[domains[i]]) for i in drawn]
+
+
+def zone_ttls(world: World, low: int = 300, high: int = 3600, seed: int = 1) -> dict:
+    """A TTL in ``[low, high]`` seconds for every name of the world (deterministic), for
+    ``DNSServer.load(zones, ttls=...)`` / ``python -m tests.support.dnsserver --ttls``."""
+    if not 0 <= low <= high:
+        raise ValueError("need 0 <= low <= high")
+    rng = random.Random(seed)
+    return {name: rng.randint(low, high) for name in sorted(world.zones)}
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -405,14 +405,18 @@ class DNSServer:
         rd = dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, parts)
         self._add_rdatas(name, dns.rdatatype.TXT, [rd], ttl)
 
-    def load(self, zones: dict[str, dict[str, Any]], ttl: int = 300) -> None:
-        """Bulk add: ``{name: {type: [value, ...]}}`` (added to existing data)."""
+    def load(self, zones: dict[str, dict[str, Any]], ttl: int = 300,
+             ttls: dict[str, int] | None = None) -> None:
+        """Bulk add: ``{name: {type: [value, ...]}}`` (added to existing data); ``ttls`` gives
+        some names their own TTL (``{name: seconds}``), the others get ``ttl``."""
+        ttls = ttls or {}
         for name, rrsets in zones.items():
+            name_ttl = ttls.get(name, ttl)
             for rtype, values in rrsets.items():
                 if not isinstance(values, (list, tuple)):
                     values = [values]
                 for value in values:
-                    self.add(name, rtype, value, ttl=ttl)
+                    self.add(name, rtype, value, ttl=name_ttl)
 
     def remove(self, name: str | dns.name.Name, rtype: str | int | None = None) -> None:
         """Remove all records of a type (or all types) at a name."""
@@ -821,6 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zone", help="JSON file in DNSServer.load() form")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds")
     parser.add_argument("--ttl", type=int, default=300)
+    parser.add_argument("--ttls", help="JSON file {name: ttl}: per-name TTLs (the others get --ttl)")
     parser.add_argument("--faults", help="JSON file: a list of [name, mode] or [name, mode, qtype]")
     parser.add_argument("--stats-file", help="write {\"queries\": N, ...} as JSON here on exit")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -830,7 +835,12 @@ def main(argv: list[str] | None = None) -> int:
     server = DNSServer(host=args.host, port=args.port)
     if args.zone:
         with open(args.zone, encoding="utf-8") as fh:
-            server.load(json.load(fh), ttl=args.ttl)
+            zones = json.load(fh)
+        ttls = None
+        if args.ttls:
+            with open(args.ttls, encoding="utf-8") as fh:
+                ttls = json.load(fh)
+        server.load(zones, ttl=args.ttl, ttls=ttls)
     server.latency = args.latency
     if args.faults:
         with open(args.faults, encoding="utf-8") as fh:
