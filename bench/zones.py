@@ -552,14 +552,18 @@ _PROVIDER_SPECS = (
 class _Allocator:
     """Hands out aligned, non-overlapping networks from a pool, in order."""
 
-    def __init__(self, pool: str):
+    def __init__(self, pool: str, wrap: bool = False):
         self.pool = ipaddress.ip_network(pool)
         self.next = int(self.pool.network_address)
+        self.wrap = wrap  # start again at the beginning when the pool is used up
 
     def take(self, prefix: int):
         size = 1 << (self.pool.max_prefixlen - prefix)
         start = -(-self.next // size) * size
         network = ipaddress.ip_network((start, prefix))
+        if not network.subnet_of(self.pool) and self.wrap:
+            start = int(self.pool.network_address)
+            network = ipaddress.ip_network((start, prefix))
         if not network.subnet_of(self.pool):
             raise ValueError(f"address pool {self.pool} exhausted")
         self.next = start + size
@@ -594,7 +598,9 @@ class _Builder:
         self.own_groups: list = []  # [(helo, [v4 hosts], [v6 hosts])]
         self.pool4_providers = _Allocator("100.64.0.0/12")
         self.pool4_own = _Allocator("100.96.0.0/12")
-        self.pool4_noise = _Allocator("100.112.0.0/13")
+        # Noise: addresses in policies that no client ever uses, so they may repeat across domains
+        # once the pool is used up (big worlds); every case is still checked by evaluation.
+        self.pool4_noise = _Allocator("100.112.0.0/13", wrap=True)
         self.pool6_providers = _Allocator("2001:db8:8000::/33")
         self.pool6_own = _Allocator("2001:db8:100::/40")
         self.pool6_noise = _Allocator("2001:db8:f000::/36")
@@ -957,9 +963,12 @@ class _Builder:
 
     def check_names(self) -> None:
         names = set(self.zones)
-        for nx in self.nx_domains:
-            if nx in names or any(name.endswith("." + nx) for name in names):
-                raise RuntimeError(f"generator bug: NXDOMAIN name {nx} has DNS data")
+        nx_names = set(self.nx_domains)
+        for name in names:  # the name itself and every parent of it (linear, for big worlds)
+            labels = name.split(".")
+            for parent in (".".join(labels[i:]) for i in range(len(labels))):
+                if parent in nx_names:
+                    raise RuntimeError(f"generator bug: NXDOMAIN name {parent} has DNS data")
         for name in names:
             if len(name) > 253 or not all(0 < len(label) < 64 for label in name.split(".")):
                 raise RuntimeError(f"generator bug: bad DNS name {name!r}")
