@@ -522,11 +522,13 @@ class _Runner:
 
 async def run_load(addr: Any, cases: Sequence, concurrency: int = 64, duration: float = 20.0,
                    warmup: float = 3.0, max_sessions: Optional[int] = None, check: bool = True,
-                   timeout: float = 30.0, nodelay: bool = False) -> LoadStats:
+                   timeout: float = 30.0, nodelay: bool = False, once: bool = False) -> LoadStats:
     """Drive the milter at ``addr`` with ``concurrency`` concurrent SMTP sessions; see the module doc.
 
     ``timeout`` limits every read (and the connect); ``nodelay=True`` turns Nagle's algorithm off
-    on TCP connections, which Postfix does not do.
+    on TCP connections, which Postfix does not do.  ``once=True`` uses every case at most once
+    (warm-up included) and ends the run when they are used up (the cold-cache scenario: with one
+    case per sender domain, no session sees a domain an earlier one saw).
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -551,8 +553,13 @@ async def run_load(addr: Any, cases: Sequence, concurrency: int = 64, duration: 
                 if max_sessions is not None and started[0] >= max_sessions:
                     stopped_early[0] = True
                     return
+            index = next(counter)
+            if once and index >= n_cases:
+                stopped_early[0] = True
+                return
+            if measured:
                 started[0] += 1
-            record = await runner.session(next(counter) % n_cases)
+            record = await runner.session(index % n_cases)
             (counted if measured else warm).append(record)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))

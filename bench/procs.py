@@ -1,6 +1,7 @@
 """Process helpers for the benchmark: start, find the tree, sample memory, stop."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -35,6 +36,29 @@ def memory_kib(pid: int) -> tuple[int, int]:
     except OSError:
         pass
     return rss, pss
+
+
+def parse_stat_cpu_ticks(stat: str) -> int:
+    """utime + stime + cutime + cstime (clock ticks) from the text of ``/proc/PID/stat``.
+
+    The command name (field 2) may hold spaces and parentheses, so the fields are counted from
+    the last ``)``; utime, stime, cutime and cstime are fields 14-17 (proc(5))."""
+    fields = stat[stat.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state), so field n is fields[n - 3]
+    return sum(int(value) for value in fields[11:15])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and all its living descendants (and of the children
+    they have reaped).  0 for processes that are gone."""
+    ticks = 0
+    for member in tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as handle:
+                ticks += parse_stat_cpu_ticks(handle.read())
+        except (OSError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -1,6 +1,18 @@
 """Side-by-side benchmark: spfmilter against spf-engine's pyspf-milter, same sessions, same DNS.
 
     python -m bench.run [--quick] [--seconds 20] [--write docs/PERFORMANCE.md]
+    python -m bench.run --only cold-c64-5ms --cold-domains 50000 --profile --no-e2e
+
+Scenarios run in one of three worlds: ``hot`` (600 sender domains reused, the cache answers
+nearly everything), ``cold`` (one case per sender domain, each used at most once, so every
+session's sender domain is new within the run; the big providers' records stay shared) and
+``zipf`` (sessions draw their sender domain from a Zipf law over ``--zipf-domains`` domains, the
+DNS server gives each name a TTL of 300-3600 s).  Beside msg/s, every run records the milter's
+CPU time per message (user + system time of all its processes, from /proc/PID/stat, over every
+session of the run, warm-up included), and a trivial pymilter milter that adds one header
+(bench/trivial_milter.py) is measured at c=1 in the same run as the floor.  ``--profile``
+samples the spfmilter processes of the cold scenarios with py-spy and summarises the top
+functions (bench/profile.py).
 
 For each scenario both milters are started fresh (inet socket on 127.0.0.1), each with
 its own fresh loopback DNS server (tests/support/dnsserver.py) serving the generated
@@ -27,7 +39,7 @@ from pathlib import Path
 
 from bench import procs
 from bench.loadclient import run_load
-from bench.zones import generate
+from bench.zones import cold_world, generate, zipf_cases, zone_ttls
 
 ROOT = Path(__file__).resolve().parent.parent
 SPF_ENGINE_VENV = ROOT / "bench" / ".venv-spf-engine"
@@ -40,6 +52,7 @@ class Scenario:
     concurrency: int
     latency: float  # seconds added to every DNS answer
     dead_fraction: float = 0.0  # share of sessions whose sender domain's DNS never answers
+    world: str = "hot"  # "hot", "cold" or "zipf" (see the module doc)
 
 
 SCENARIOS = [
@@ -47,7 +60,12 @@ SCENARIOS = [
     Scenario("c8-5ms", 8, 0.005),
     Scenario("c64-5ms", 64, 0.005),
     Scenario("c64-5ms-dead-dns", 64, 0.005, dead_fraction=0.05),
+    Scenario("cold-c64-5ms", 64, 0.005, world="cold"),
+    Scenario("cold-c1-0ms", 1, 0.0, world="cold"),
+    Scenario("zipf-c64-5ms", 64, 0.005, world="zipf"),
 ]
+FLOOR = Scenario("floor-c1-0ms", 1, 0.0)
+ZIPF_SESSIONS = 200_000  # sessions drawn for the zipf world (more than any run uses)
 
 
 @dataclass
@@ -70,6 +88,8 @@ class Measurement:
     dead_max_ms: float = 0.0
     dead_sessions: int = 0
     live_msgs_per_s: float = 0.0
+    cpu_ms_per_msg: float = 0.0  # milter user+system CPU over every session of the run (warm-up included)
+    profile: str = ""  # path of the py-spy raw profile, if one was taken
 
 
 def ensure_spf_engine() -> Path:
@@ -100,13 +120,16 @@ def with_dead_dns(cases, fraction: float):
     return [replace(c, expected_mailfrom="temperror") if c.domain in dead else c for c in cases], dead
 
 
-def start_dns(workdir: Path, world_path: Path, faults_path: Path, latency: float, tag: str):
+def start_dns(workdir: Path, world_path: Path, faults_path: Path, latency: float, tag: str,
+              ttls_path: Path | None = None):
     stats = workdir / f"dns-{tag}.json"
+    ttls = ["--ttls", str(ttls_path)] if ttls_path else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.dnsserver", "--port", "0", "--zone", str(world_path),
-         "--faults", str(faults_path), "--latency", str(latency), "--ttl", "3600", "--stats-file", str(stats)],
+         "--faults", str(faults_path), "--latency", str(latency), "--ttl", "3600", "--stats-file", str(stats),
+         *ttls],
         cwd=str(ROOT), stdout=subprocess.PIPE, text=True)
-    line = procs.wait_line(proc, "listening on")
+    line = procs.wait_line(proc, "listening on", timeout=300.0)  # a 100,000-domain world loads slowly
     return proc, int(line.split()[-1]), stats
 
 
@@ -138,6 +161,23 @@ def start_spf_engine(workdir: Path, dns_port: int, tag: str):
     return proc, port
 
 
+def start_trivial(workdir: Path):
+    port = procs.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.trivial_milter", f"inet:{port}@127.0.0.1"],
+                            cwd=str(ROOT), stdout=subprocess.DEVNULL,
+                            stderr=open(workdir / "trivial.log", "wb"))
+    return proc, port
+
+
+def start_profiler(pid: int, out: Path, seconds: float, workdir: Path):
+    """py-spy sampling ``pid`` and its children for ``seconds`` (raw collapsed stacks into ``out``)."""
+    pyspy = Path(sys.executable).parent / "py-spy"
+    return subprocess.Popen([str(pyspy), "record", "--pid", str(pid), "--subprocesses", "--nonblocking", "--gil",
+                             "--format", "raw", "--output", str(out), "--duration", str(max(1, round(seconds))),
+                             "--rate", "200"],
+                            stdout=subprocess.DEVNULL, stderr=open(workdir / f"{out.name}.log", "wb"))
+
+
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     from tests.support.milterclient import wait_ready
 
@@ -145,23 +185,32 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, seconds: float,
-            warmup: float) -> Measurement:
+            warmup: float, cases=None, profile: bool = False) -> Measurement:
     tag = f"{milter}-{scenario.name}"
     faults = paths["faults"]
+    once = scenario.world == "cold"
     if scenario.dead_fraction:
         _, dead_domains = with_dead_dns(world.cases, scenario.dead_fraction)
         faults = workdir / f"faults-{tag}.json"
         faults.write_text(json.dumps(json.loads(paths["faults"].read_text())
                                      + [[d, "timeout"] for d in sorted(dead_domains)]))
-    dns_proc, dns_port, stats_path = start_dns(workdir, paths["zones"], faults, scenario.latency, tag)
+    dns_proc, dns_port, stats_path = start_dns(workdir, paths["zones"], faults, scenario.latency, tag,
+                                               paths.get("ttls"))
+    profiler = None
     try:
         if milter == "spfmilter":
             proc, port = start_spfmilter(workdir, dns_port, tag)
+        elif milter == "trivial":
+            proc, port = start_trivial(workdir)
         else:
             proc, port = start_spf_engine(workdir, dns_port, tag)
         try:
             wait_port(port, proc)
-            cases, dead = with_dead_dns(world.cases, scenario.dead_fraction)
+            cases, dead = with_dead_dns(world.cases if cases is None else cases, scenario.dead_fraction)
+            cpu_before = procs.cpu_seconds(proc.pid)
+            if profile:
+                profile_path = workdir / f"profile-{tag}.txt"
+                profiler = start_profiler(proc.pid, profile_path, warmup + seconds, workdir)
             with procs.MemorySampler(proc.pid) as memory:
                 if dead:
                     # The live sessions run at the scenario's concurrency; the sessions whose DNS is
@@ -177,8 +226,15 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
                 else:
                     dead_stats = None
                     stats = asyncio.run(run_load(("127.0.0.1", port), cases, concurrency=scenario.concurrency,
-                                                 duration=seconds, warmup=warmup, check=True))
+                                                 duration=seconds, warmup=warmup, check=milter != "trivial",
+                                                 once=once))
+            cpu_seconds = procs.cpu_seconds(proc.pid) - cpu_before
+            if profiler is not None:
+                profiler.wait(timeout=warmup + seconds + 60)
         finally:
+            if profiler is not None and profiler.poll() is None:
+                profiler.kill()
+                profiler.wait()
             procs.stop(proc)
     finally:
         procs.stop(dns_proc)
@@ -191,7 +247,9 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
         peak_rss_mib=memory.peak_rss_kib / 1024, peak_pss_mib=memory.peak_pss_kib / 1024,
         dns_queries=dns_stats["queries"],
         queries_per_msg=dns_stats["queries"] / total_sessions if total_sessions else 0.0,
-        queries_per_name=dns_stats["queries"] / dns_stats["distinct"] if dns_stats.get("distinct") else 0.0)
+        queries_per_name=dns_stats["queries"] / dns_stats["distinct"] if dns_stats.get("distinct") else 0.0,
+        cpu_ms_per_msg=1000 * cpu_seconds / total_sessions if total_sessions else 0.0,
+        profile=str(profile_path) if profiler is not None else "")
     if dead_stats is not None:
         m.dead_sessions = dead_stats.sessions
         m.dead_max_ms = dead_stats.max_ms
@@ -218,19 +276,22 @@ def machine_description() -> str:
 
 def render(results: list[Measurement], e2e, seconds: float) -> str:
     by = {(m.milter, m.scenario): m for m in results}
+    floor = by.get(("trivial", FLOOR.name))
     lines = [
         "| scenario | milter | msg/s | p50 ms | p99 ms | peak RSS MiB (sum) | peak PSS MiB (sum) | DNS queries/msg "
-        "| queries per distinct name | errors | wrong |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| queries per distinct name | CPU ms/msg | CPU / floor | errors | wrong |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for scenario in SCENARIOS:
-        for milter in ("spf-engine", "spfmilter"):
+    for scenario in SCENARIOS + [FLOOR]:
+        for milter in ("spf-engine", "spfmilter", "trivial"):
             m = by.get((milter, scenario.name))
             if m is None:
                 continue
+            over_floor = (f"{m.cpu_ms_per_msg / floor.cpu_ms_per_msg:.1f}x"
+                          if floor and floor.cpu_ms_per_msg else "-")
             lines.append(f"| {scenario.name} | {milter} | {m.msgs_per_s:.0f} | {m.p50_ms:.1f} | {m.p99_ms:.1f} | "
                          f"{m.peak_rss_mib:.0f} | {m.peak_pss_mib:.0f} | {m.queries_per_msg:.2f} | "
-                         f"{m.queries_per_name:.2f} | {m.errors} | "
+                         f"{m.queries_per_name:.2f} | {m.cpu_ms_per_msg:.2f} | {over_floor} | {m.errors} | "
                          f"{m.mismatches} |")
     lines += ["", "| scenario | msg/s ratio (spfmilter / spf-engine) | p99 ratio (spfmilter / spf-engine) |",
               "|---|---|---|"]
@@ -259,7 +320,18 @@ def render(results: list[Measurement], e2e, seconds: float) -> str:
         base = e2e[0][1].msgs_per_s or 1.0
         for label, result in e2e:
             lines.append(f"| {label} | {result.msgs_per_s:.0f} | {100 * result.msgs_per_s / base:.0f} % |")
-    lines += ["", f"Each run: {seconds:.0f} s measured after a warm-up; correctness checked on every session."]
+    lines += ["", f"Each run: {seconds:.0f} s measured after a warm-up (a cold run ends early when every sender "
+                  "domain has been used once); correctness checked on every session (not for the trivial "
+                  "milter, which adds no Authentication-Results). CPU ms/msg: user + system time of all the "
+                  "milter's processes over every session of the run, warm-up included; the floor is the "
+                  "trivial pymilter milter (bench/trivial_milter.py) at c=1."]
+    for m in results:
+        if m.profile and Path(m.profile).exists():
+            from bench.profile import render as render_profile, summarise
+
+            with open(m.profile, encoding="utf-8", errors="replace") as handle:
+                summary = render_profile(*summarise(handle, 15))
+            lines += ["", f"Profile of {m.milter} in {m.scenario} (py-spy, all its processes):", "", summary]
     return "\n".join(lines)
 
 
@@ -298,6 +370,28 @@ def run_e2e(workdir: Path, world, paths, messages: int):
     return results
 
 
+def build_worlds(kinds: set, workdir: Path, cold_domains: int, zipf_domains: int) -> dict:
+    """kind -> (world, DNS file paths, cases or None for the world's own) for the scenarios' worlds."""
+    worlds = {}
+    for kind in sorted(kinds):
+        if kind == "hot":
+            world, cases = generate(600), None
+        elif kind == "cold":
+            world, cases = cold_world(cold_domains), None
+        elif kind == "zipf":
+            world = cold_world(zipf_domains)
+            cases = zipf_cases(world, ZIPF_SESSIONS)
+        else:
+            raise ValueError(f"unknown world {kind!r}")
+        paths = {"zones": workdir / f"zones-{kind}.json", "faults": workdir / f"faults-{kind}.json"}
+        world.save_dns_files(str(paths["zones"]), str(paths["faults"]))
+        if kind == "zipf":
+            paths["ttls"] = workdir / "ttls-zipf.json"
+            paths["ttls"].write_text(json.dumps(zone_ttls(world)))
+        worlds[kind] = (world, paths, cases)
+    return worlds
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per run")
@@ -307,24 +401,35 @@ def main(argv=None) -> int:
     parser.add_argument("--no-e2e", action="store_true", help="skip the Postfix end-to-end comparison")
     parser.add_argument("--e2e-messages", type=int, default=2000)
     parser.add_argument("--write", metavar="FILE", help="also write the report (markdown) to FILE")
+    parser.add_argument("--cold-domains", type=int, default=50_000,
+                        help="sender domains of the cold world (each used once)")
+    parser.add_argument("--zipf-domains", type=int, default=100_000, help="sender domains of the zipf world")
+    parser.add_argument("--no-floor", action="store_true", help="skip the trivial-milter floor")
+    parser.add_argument("--profile", action="store_true", help="py-spy profile of spfmilter in the cold scenarios")
     args = parser.parse_args(argv)
     seconds = 5.0 if args.quick else args.seconds
     workdir = Path(tempfile.mkdtemp(prefix="spfmilter-bench-"))
-    world = generate(600)
-    paths = {"zones": workdir / "zones.json", "faults": workdir / "faults.json"}
-    world.save_dns_files(str(paths["zones"]), str(paths["faults"]))
+    scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    worlds = build_worlds({"hot"} | {s.world for s in scenarios}, workdir, args.cold_domains, args.zipf_domains)
+    world, paths, _ = worlds["hot"]
     results = []
-    for scenario in SCENARIOS:
-        if args.only and scenario.name not in args.only:
-            continue
+
+    def run(milter: str, scenario: Scenario) -> None:
+        started = time.monotonic()
+        s_world, s_paths, s_cases = worlds[scenario.world]
+        m = measure(milter, scenario, s_world, s_paths, workdir, seconds, args.warmup, cases=s_cases,
+                    profile=args.profile and milter == "spfmilter" and scenario.world == "cold")
+        print(f"{scenario.name:18} {milter:10} {m.msgs_per_s:7.1f} msg/s  p50 {m.p50_ms:7.1f} ms  "
+              f"p99 {m.p99_ms:7.1f} ms  rss {m.peak_rss_mib:5.1f} MiB  pss {m.peak_pss_mib:5.1f} MiB  "
+              f"q/msg {m.queries_per_msg:.2f}  cpu {m.cpu_ms_per_msg:.2f} ms/msg  errors {m.errors}  "
+              f"wrong {m.mismatches}  ({time.monotonic() - started:.0f} s)", flush=True)
+        results.append(m)
+
+    if not args.no_floor:
+        run("trivial", FLOOR)
+    for scenario in scenarios:
         for milter in ("spf-engine", "spfmilter"):
-            started = time.monotonic()
-            m = measure(milter, scenario, world, paths, workdir, seconds, args.warmup)
-            print(f"{scenario.name:18} {milter:10} {m.msgs_per_s:7.1f} msg/s  p50 {m.p50_ms:7.1f} ms  "
-                  f"p99 {m.p99_ms:7.1f} ms  rss {m.peak_rss_mib:5.1f} MiB  pss {m.peak_pss_mib:5.1f} MiB  "
-                  f"q/msg {m.queries_per_msg:.2f}  errors {m.errors}  wrong {m.mismatches}  "
-                  f"({time.monotonic() - started:.0f} s)", flush=True)
-            results.append(m)
+            run(milter, scenario)
     e2e = None if args.no_e2e else run_e2e(workdir, world, paths, args.e2e_messages)
     report = render(results, e2e, seconds)
     print()
@@ -335,6 +440,8 @@ def main(argv=None) -> int:
             f"on {time.strftime('%Y-%m-%d')}.\n\nMachine: {machine_description()}.\n\n{report}\n")
     (workdir / "results.json").write_text(json.dumps([m.__dict__ for m in results], indent=1))
     failures = [m for m in results if m.errors or m.mismatches]
+    for m in failures:
+        print(f"FAILED: {m.milter} {m.scenario}: {m.errors} errors, {m.mismatches} wrong", file=sys.stderr)
     return 1 if failures else 0
 
 

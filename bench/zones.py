@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
-__all__ = ["Case", "World", "generate", "check_host", "evaluate_case", "MIX", "RESULTS", "ALLOWED_NETWORKS"]
+__all__ = ["Case", "World", "generate", "cold_world", "zipf_cases", "zone_ttls", "check_host", "evaluate_case", "MIX", "RESULTS", "ALLOWED_NETWORKS"]
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 #: Share of sender domains per MAIL FROM result.
@@ -552,14 +552,18 @@ _PROVIDER_SPECS = (
 class _Allocator:
     """Hands out aligned, non-overlapping networks from a pool, in order."""
 
-    def __init__(self, pool: str):
+    def __init__(self, pool: str, wrap: bool = False):
         self.pool = ipaddress.ip_network(pool)
         self.next = int(self.pool.network_address)
+        self.wrap = wrap  # start again at the beginning when the pool is used up
 
     def take(self, prefix: int):
         size = 1 << (self.pool.max_prefixlen - prefix)
         start = -(-self.next // size) * size
         network = ipaddress.ip_network((start, prefix))
+        if not network.subnet_of(self.pool) and self.wrap:
+            start = int(self.pool.network_address)
+            network = ipaddress.ip_network((start, prefix))
         if not network.subnet_of(self.pool):
             raise ValueError(f"address pool {self.pool} exhausted")
         self.next = start + size
@@ -594,7 +598,9 @@ class _Builder:
         self.own_groups: list = []  # [(helo, [v4 hosts], [v6 hosts])]
         self.pool4_providers = _Allocator("100.64.0.0/12")
         self.pool4_own = _Allocator("100.96.0.0/12")
-        self.pool4_noise = _Allocator("100.112.0.0/13")
+        # Noise: addresses in policies that no client ever uses, so they may repeat across domains
+        # once the pool is used up (big worlds); every case is still checked by evaluation.
+        self.pool4_noise = _Allocator("100.112.0.0/13", wrap=True)
         self.pool6_providers = _Allocator("2001:db8:8000::/33")
         self.pool6_own = _Allocator("2001:db8:100::/40")
         self.pool6_noise = _Allocator("2001:db8:f000::/36")
@@ -957,9 +963,12 @@ class _Builder:
 
     def check_names(self) -> None:
         names = set(self.zones)
-        for nx in self.nx_domains:
-            if nx in names or any(name.endswith("." + nx) for name in names):
-                raise RuntimeError(f"generator bug: NXDOMAIN name {nx} has DNS data")
+        nx_names = set(self.nx_domains)
+        for name in names:  # the name itself and every parent of it (linear, for big worlds)
+            labels = name.split(".")
+            for parent in (".".join(labels[i:]) for i in range(len(labels))):
+                if parent in nx_names:
+                    raise RuntimeError(f"generator bug: NXDOMAIN name {parent} has DNS data")
         for name in names:
             if len(name) > 253 or not all(0 < len(label) < 64 for label in name.split(".")):
                 raise RuntimeError(f"generator bug: bad DNS name {name!r}")
@@ -1023,6 +1032,44 @@ def generate(n_domains: int = 600, n_helos: int = 40, seed: int = 1, *, cases_pe
              ipv6_share: float = 0.10) -> World:
     """A deterministic SPF world: the same arguments always give the same World."""
     return _Builder(n_domains, n_helos, seed, cases_per_domain, ipv6_share).build()
+
+
+def cold_world(n_domains: int, n_helos: int = 40, seed: int = 1) -> World:
+    """A world for the cold-cache scenario: one case per sender domain, so a run that uses every
+    case at most once (``run_load(..., once=True)``) never sees a sender domain twice.  The big
+    providers' records and the HELO names stay shared, as on a real MX."""
+    return generate(n_domains, n_helos, seed, cases_per_domain=1)
+
+
+def zipf_cases(world: World, n_sessions: int, exponent: float = 1.0, seed: int = 1) -> list:
+    """``n_sessions`` cases whose sender domains follow a Zipf law over the world's domains.
+
+    The domain of rank k (1-based, ranks in the order of first appearance in ``world.cases``) is
+    drawn with probability proportional to ``1 / k ** exponent``: a few big senders, a long tail.
+    Each draw takes one of that domain's cases (they all expect the domain's result).
+    """
+    if n_sessions < 0 or exponent <= 0:
+        raise ValueError("n_sessions must be >= 0 and exponent > 0")
+    by_domain: dict = {}
+    for case in world.cases:
+        by_domain.setdefault(case.domain, []).append(case)
+    domains = list(by_domain)
+    cumulative, total = [], 0.0
+    for rank in range(1, len(domains) + 1):
+        total += rank ** -exponent
+        cumulative.append(total)
+    rng = random.Random(seed)
+    drawn = rng.choices(range(len(domains)), cum_weights=cumulative, k=n_sessions)
+    return [rng.choice(by_domain[domains[i]]) for i in drawn]
+
+
+def zone_ttls(world: World, low: int = 300, high: int = 3600, seed: int = 1) -> dict:
+    """A TTL in ``[low, high]`` seconds for every name of the world (deterministic), for
+    ``DNSServer.load(zones, ttls=...)`` / ``python -m tests.support.dnsserver --ttls``."""
+    if not 0 <= low <= high:
+        raise ValueError("need 0 <= low <= high")
+    rng = random.Random(seed)
+    return {name: rng.randint(low, high) for name in sorted(world.zones)}
 
 
 # ----------------------------------------------------------------------------------------------- CLI

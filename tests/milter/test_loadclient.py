@@ -223,3 +223,48 @@ def test_spf_results_and_addresses():
     assert parse_address("unix:/run/x.sock") == "/run/x.sock"
     with pytest.raises(ValueError):
         parse_address("inet:25@192.0.2.1")
+
+
+# ------------------------------------------------------------------------------------------ issue 15
+
+
+def test_once_uses_every_case_exactly_once_then_stops(start_milter, world):
+    """The cold scenario: no case (so no sender domain) comes twice, and the run ends when they are used."""
+    milter = start_milter("", inet=True)
+    started = time.monotonic()
+    stats = asyncio.run(run_load(milter.addr, world.cases, concurrency=8, duration=60.0, warmup=0.0, once=True))
+    assert time.monotonic() - started < 30  # ended when the cases ran out, not after 60 s
+    assert (stats.errors, stats.mismatches) == (0, [])
+    assert sorted(record.case_index for record in stats.records) == list(range(len(world.cases)))
+    assert stats.sessions == len(world.cases) and stats.msgs_per_s > 0
+
+
+def test_trivial_milter_adds_its_header_and_its_cpu_time_is_measured():
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    from bench.procs import cpu_seconds, free_port, stop
+    from tests.support.milterclient import MilterClient, wait_ready
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.trivial_milter", f"inet:{port}@127.0.0.1"],
+                            cwd=str(Path(__file__).resolve().parents[2]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(("127.0.0.1", port), timeout=30, proc=proc)
+        with MilterClient(("127.0.0.1", port)) as client:
+            client.open()
+            result = client.send_message("<a@example.org>", ["<b@mx.test>"], [("Subject", "x")],
+                                         ip="192.0.2.1", helo="mail.example.org")
+        assert result.completed and result.final.is_continue
+        assert result.mods == [("addheader", "X-Bench", "1")]
+        before = cpu_seconds(proc.pid)
+        cases = generate(n_domains=20, n_helos=40, seed=4).cases
+        stats = asyncio.run(run_load(("127.0.0.1", port), cases, concurrency=1, duration=60.0, warmup=0.0,
+                                     max_sessions=40, check=False))
+        assert (stats.errors, stats.sessions, stats.results) == (0, 40, {"continue": 40})
+        assert cpu_seconds(proc.pid) > before
+    finally:
+        stop(proc)

@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from bench.zones import ALLOWED_NETWORKS, MIX, RESULTS, Case, World, generate, mix_counts
+from bench.zones import (ALLOWED_NETWORKS, MIX, RESULTS, Case, World, cold_world, generate, mix_counts, zipf_cases,
+                         zone_ttls)
 from spfmilter.config import DnsServer as DnsServerConfig
 from spfmilter.dns import DnsClient, make_resolver
 from spfmilter.verify import Verifier
@@ -130,3 +131,59 @@ def test_every_expectation_matches_spfmilters_verifier(world):
     assert world.lookups() == queried
     assert world.distinct_names() == sorted({name for name, _ in queried})
     assert time.monotonic() - started < 15
+
+
+# ------------------------------------------------------------------ cold and Zipf worlds (issue 15)
+
+def test_cold_world_has_one_case_per_sender_domain():
+    cold = cold_world(300, seed=3)
+    domains = [case.domain for case in cold.cases]
+    assert len(domains) == 300 and len(set(domains)) == 300  # every session a new sender domain
+    counts = Counter(case.expected_mailfrom for case in cold.cases)
+    assert all(abs(counts[r] - MIX[r] * 300) <= 1 for r in RESULTS), counts
+    assert cold == cold_world(300, seed=3)
+
+
+def test_zipf_cases_follow_the_ranks(world):
+    ranks = list(dict.fromkeys(case.domain for case in world.cases))  # rank 1 first
+    drawn = zipf_cases(world, 60000, exponent=1.0, seed=5)
+    assert len(drawn) == 60000
+    assert drawn == zipf_cases(world, 60000, exponent=1.0, seed=5)
+    assert drawn != zipf_cases(world, 60000, exponent=1.0, seed=6)
+    per_domain = Counter(case.domain for case in drawn)
+    harmonic = sum(1 / k for k in range(1, len(ranks) + 1))
+    for rank in (1, 2, 3, 10):
+        expected = 60000 / (rank * harmonic)
+        assert abs(per_domain[ranks[rank - 1]] - expected) < 5 * expected ** 0.5 + 5, (rank, per_domain)
+    # a long tail: many domains are seen, the top one far more often than the median one
+    assert len(per_domain) > 400
+    assert per_domain[ranks[0]] > 50 * per_domain[ranks[299]]
+    # every drawn case is one of the world's cases, so its expectation is its domain's result
+    assert set(drawn) <= set(world.cases)
+
+
+def test_zipf_exponent_and_size_are_checked(world):
+    with pytest.raises(ValueError):
+        zipf_cases(world, 10, exponent=0)
+    with pytest.raises(ValueError):
+        zipf_cases(world, -1)
+    assert zipf_cases(world, 0) == []
+
+
+def test_zone_ttls_cover_every_name_within_bounds(world):
+    ttls = zone_ttls(world, 300, 3600, seed=2)
+    assert set(ttls) == set(world.zones)
+    assert all(300 <= ttl <= 3600 for ttl in ttls.values())
+    assert min(ttls.values()) < 700 and max(ttls.values()) > 3200  # spread over the range
+    assert ttls == zone_ttls(world, 300, 3600, seed=2)
+    with pytest.raises(ValueError):
+        zone_ttls(world, 3600, 300)
+
+
+def test_dns_server_serves_the_per_name_ttls():
+    zones = {"a.example": {"TXT": ["v=spf1 -all"], "A": ["192.0.2.1"]}, "b.example": {"A": ["192.0.2.2"]}}
+    server = DNSServer("127.0.0.1")
+    server.load(zones, ttl=3600, ttls={"a.example": 450})
+    assert [rrset.ttl for rrset in server.resolve("a.example", "TXT")[1]] == [450]
+    assert [rrset.ttl for rrset in server.resolve("a.example", "A")[1]] == [450]
+    assert [rrset.ttl for rrset in server.resolve("b.example", "A")[1]] == [3600]

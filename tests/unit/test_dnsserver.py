@@ -631,3 +631,18 @@ def test_command_line_entry(tmp_path):
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_empty_non_terminals_follow_additions_and_removals():
+    """Names above stored names exist (NODATA, not NXDOMAIN) - also after the stored names change."""
+    server = DNSServer("127.0.0.1")
+    assert server.resolve("b.example", "A") == ("nxdomain", [])
+    server.add("a.b.example", "A", "192.0.2.1")
+    assert server.resolve("b.example", "A") == ("answer", [])  # an empty non-terminal
+    assert server.resolve("c.example", "A") == ("nxdomain", [])
+    server.add("x.c.example", "A", "192.0.2.2")
+    assert server.resolve("c.example", "A") == ("answer", [])
+    server.remove("a.b.example")
+    assert server.resolve("b.example", "A") == ("nxdomain", [])
+    server.clear()
+    assert server.resolve("c.example", "A") == ("nxdomain", [])
