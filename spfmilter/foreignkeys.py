@@ -95,10 +95,10 @@ FOREIGN_KEYS: tuple[ForeignKey, ...] = (
     ForeignKey("SRS_SECRET", POSTSRSD, "srs_secrets_file (PostSRSd's secret file works as it is)"),
     ForeignKey("SRS_HASHLENGTH", POSTSRSD, "srs_hash_length"),
     ForeignKey("SRS_HASHMIN", POSTSRSD, "srs_hash_min_length"),
-    _lost("SRS_FORWARD_PORT", POSTSRSD, "the TCP lookup table; spfmilter rewrites in the milter "
-          "(README, Forwarding with SRS)"),
-    _lost("SRS_REVERSE_PORT", POSTSRSD, "the TCP lookup table; spfmilter reverses in the milter "
-          "(README, Forwarding with SRS)"),
+    _lost("SRS_FORWARD_PORT", POSTSRSD, "the TCP lookup table; spfmilter rewrites in the milter, or serves "
+          "Postfix's canonical maps as a socketmap table (srs_socketmap, README: SRS after alias expansion)"),
+    _lost("SRS_REVERSE_PORT", POSTSRSD, "the TCP lookup table; spfmilter reverses in the milter, or serves "
+          "Postfix's canonical maps as a socketmap table (srs_socketmap, README: SRS after alias expansion)"),
     _lost("SRS_LISTEN_ADDR", POSTSRSD, "the TCP lookup tables' address; the milter listens on socket",
           use="socket"),
     ForeignKey("RUN_AS", POSTSRSD, "user"),
