@@ -228,8 +228,9 @@ def test_stop_waits_for_a_request_in_progress_and_closes_idle_ones(tmp_path):
     server = SocketmapServer(open_listener(spec), POLICY, clock=lambda: NOW)
     server.start()
     with connect(spec.address) as idle, connect(spec.address) as busy:
-        idle.sendall(ns("forward bob@mx.test"))
-        idle.recv(4096)
+        for conn in (idle, busy):  # one answered request each: both are accepted before the stop
+            conn.sendall(ns("forward bob@mx.test"))
+            conn.recv(4096)
         request = ns("forward alice@pass.example")
         busy.sendall(request[:10])
         result = {}
