@@ -38,7 +38,8 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
-from .dnstransport import Transport
+from . import dnswire
+from .dnstransport import DirectTransport
 
 SUPPORTED_TYPES = ("A", "AAAA", "MX", "PTR", "TXT")
 MAX_CACHE_TTL = 86400
@@ -146,11 +147,12 @@ class DnsClient:
     def __init__(self, resolver: dns.resolver.Resolver, cache_size: int = 10000,
                  clock: Callable[[], float] = time.monotonic, on_event: Callable[[str], None] = lambda event: None,
                  transport: bool = True):
-        # A dnspython resolver's servers are asked through one long-lived transport per
-        # process (dnstransport.py) unless ``transport`` is off; stand-ins answer themselves.
-        self._resolver: Any = resolver  # a dnspython Resolver, or anything with its resolve()
+        # A dnspython resolver's UDP servers are asked through spfmilter's own transport
+        # (dnstransport.py) unless ``transport`` is off; anything else (stand-ins in tests,
+        # DoH servers) through the resolver's own resolve().
+        self._source: Any = _ResolverSource(resolver)
         if transport and isinstance(resolver, dns.resolver.Resolver):
-            self._resolver = Transport.from_resolver(resolver) or resolver
+            self._source = DirectTransport.from_resolver(resolver) or self._source
         self._clock = clock
         self._event = on_event  # "query", "cache-hit", "timeout", "server-failure" (for metrics)
         self.cache = TtlCache(cache_size, clock)
@@ -219,11 +221,7 @@ class DnsClient:
             self.queries += 1
         self._event("query")
         try:
-            answer = self._resolve(key[0] + ".", qtype, deadline)
-        except dns.resolver.NXDOMAIN as exc:
-            result = Answer((), nxdomain=True)
-            self.cache.put(key, result, _negative_ttl(exc))
-            return result
+            reply = self._resolve(key[0] + ".", qtype, deadline)
         except dns.resolver.LifetimeTimeout:
             self._event("timeout")
             raise DnsTimeout(f"DNS timeout looking up {key[0]}/{qtype}") from None
@@ -236,52 +234,66 @@ class DnsClient:
             raise DnsTempError(f"DNS name too long after DNAME for {key[0]}") from None
         except dns.exception.DNSException as exc:
             raise DnsTempError(f"DNS error for {key[0]}/{qtype}: {exc.__class__.__name__}") from None
-        values = tuple(_convert(qtype, answer.rrset)) if answer.rrset is not None else ()
-        ttl = max(0.0, answer.expiration - time.time())
-        if not values:
-            # RFC 2308 section 5: NODATA lives for min(SOA TTL, SOA MINIMUM), which
-            # dnspython folded into the expiration; without an SOA it is not cached
-            # (dnspython would assume 300 s), the same as NXDOMAIN in _negative_ttl().
-            ttl = min(ttl, NEGATIVE_TTL_CAP) if _has_soa(answer.response) else 0.0
-        result = Answer(values)
-        self.cache.put(key, result, min(ttl, MAX_CACHE_TTL))
+        # RFC 2308 section 5: NXDOMAIN and NODATA live for the SOA's negative TTL (dnswire
+        # works it out; 0 without an SOA), capped, as positive answers are (MAX_CACHE_TTL).
+        if reply.rcode == dnswire.NXDOMAIN:
+            result = Answer((), nxdomain=True)
+            self.cache.put(key, result, min(reply.ttl, NEGATIVE_TTL_CAP))
+            return result
+        result = Answer(reply.values)
+        self.cache.put(key, result, min(reply.ttl, MAX_CACHE_TTL if reply.values else NEGATIVE_TTL_CAP))
         return result
 
-    def _resolve(self, qname: str, qtype: str, deadline: float) -> dns.resolver.Answer:
-        """``resolver.resolve()`` one retry round at a time, so the deadline holds.
+    def _resolve(self, qname: str, qtype: str, deadline: float) -> dnswire.Reply:
+        """Ask one retry round at a time (each server once), so the deadline holds.
 
-        Between rounds dnspython sleeps a back-off that doubles from 0.1 s to 2 s
-        *before* it checks the lifetime, so a single call given the whole budget can
-        overrun it by seconds.  A call per round (each server tried once) overruns
-        by at most the first 0.1 s back-off.
+        dnspython's resolver sleeps a back-off that doubles from 0.1 s to 2 s between
+        rounds *before* it checks the lifetime, so a single call given the whole budget
+        can overrun it by seconds; a call per round overruns by at most the first 0.1 s.
         """
-        per_round = self._resolver.timeout * max(1, len(self._resolver.nameservers))
+        per_round = self._source.timeout * max(1, len(self._source.nameservers))
         rounds = max(1, math.ceil((deadline - self._clock()) / per_round))
         for _ in range(rounds):  # bounded even if the clock stands still
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
             try:
-                answer: dns.resolver.Answer = self._resolver.resolve(
-                    qname, qtype, lifetime=min(remaining, per_round), raise_on_no_answer=False, search=False)
-                return answer
+                reply: dnswire.Reply = self._source.query(qname, qtype, min(remaining, per_round))
+                return reply
             except dns.resolver.LifetimeTimeout:
                 continue
         raise dns.resolver.LifetimeTimeout(timeout=0.0, errors=[])
 
 
+class _ResolverSource:
+    """A resolver with dnspython's ``resolve()`` (a stand-in in tests, or one whose servers the
+    transport does not speak for), asked the way :class:`Transport` is."""
+
+    def __init__(self, resolver: Any):
+        self.resolver = resolver
+
+    @property
+    def timeout(self) -> float:
+        return float(self.resolver.timeout)
+
+    @property
+    def nameservers(self) -> list:
+        return list(self.resolver.nameservers)
+
+    def query(self, qname: str, qtype: str, lifetime: float) -> dnswire.Reply:
+        try:
+            answer = self.resolver.resolve(qname, qtype, lifetime=lifetime, raise_on_no_answer=False, search=False)
+        except dns.resolver.NXDOMAIN as exc:
+            return dnswire.Reply(dnswire.NXDOMAIN, (), _negative_ttl(exc))
+        try:
+            return dnswire.reply_of_message(answer.response, answer.qname, dnswire.QTYPES[qtype])
+        except dnswire.BadAnswer as exc:
+            raise dns.exception.FormError(str(exc)) from None
+
+
 def _convert(qtype: str, rrset: dns.rrset.RRset) -> list:
-    out = []
-    for rdata in rrset:
-        if qtype in ("A", "AAAA"):
-            out.append(rdata.address)
-        elif qtype == "MX":
-            out.append((rdata.preference, rdata.exchange.to_text(omit_final_dot=True)))
-        elif qtype == "PTR":
-            out.append(rdata.target.to_text(omit_final_dot=True))
-        elif qtype == "TXT":
-            out.append(tuple(rdata.strings))
-    return out
+    """The values of ``rrset`` in the shapes :class:`Answer` holds (as dnswire reads them)."""
+    return [dnswire.value_of(dnswire.QTYPES[qtype], rdata) for rdata in rrset]
 
 
 def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> float:
@@ -294,10 +306,6 @@ def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> float:
     except Exception:  # a malformed authority section only costs us caching
         return 0.0
     return 0.0
-
-
-def _has_soa(response: Optional[dns.message.Message]) -> bool:
-    return response is not None and any(rrset.rdtype == dns.rdatatype.SOA for rrset in response.authority)
 
 
 def _rcodes(exc: dns.resolver.NoNameservers) -> str:

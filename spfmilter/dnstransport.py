@@ -1,40 +1,34 @@
-"""One long-lived DNS transport per worker: persistent UDP sockets, one I/O thread, TCP on TC=1.
+"""How spfmilter asks its DNS servers: a UDP socket per query in the caller's thread, TCP on TC=1.
 
-:class:`DnsClient` (dns.py) asks through ``Transport.resolve()``, which has the
-shape of dnspython's ``Resolver.resolve()`` (same answers, same exceptions), so the
-cache, single flight, deadlines and error mapping in dns.py stay as they are.  What
-changes is the cost of a query: dnspython's resolver opens a UDP socket, builds a
-selector and draws a ``SystemRandom`` id for every lookup; here a few UDP sockets are
-opened once, one daemon thread receives on all of them, and each caller waits on a
-lock of its own with its own time-out.
+:class:`~spfmilter.dns.DnsClient` (dns.py) asks through ``DirectTransport.query()``,
+which returns :class:`~spfmilter.dnswire.Reply` values and raises dnspython's resolver
+exceptions, so the cache, single flight, deadlines and error mapping in dns.py stay in
+one place.  Its cost per query is what bench/dnsbench.py measures; the choices:
 
-* Query ids come from :mod:`secrets` and each socket is bound to an ephemeral port
-  the kernel picks at random (RFC 5452 section 9.2: unpredictable id *and* port).
-* A response is accepted only from the server the query went to, with the query's
-  id, and only when dnspython's ``Message.is_response()`` agrees (QR set, same id,
-  opcode and question; RFC 5452 section 4).  Anything else (spoofed, late, malformed)
-  is dropped and the caller keeps waiting, as dnspython's resolver does
-  (``ignore_unexpected``/``ignore_errors``).
+* Messages are written and read by :mod:`spfmilter.dnswire` (dnspython reads whatever
+  that leaves); dnspython's general message code was most of a cold lookup's CPU.
+* One connected UDP socket per query, made and closed in the caller's thread.  An
+  earlier design (persistent sockets and one I/O thread per process) cost more CPU per
+  query than this, because of the thread hand-over per response, and gave a port per
+  socket rather than per query (docs/PERFORMANCE.md has the figures).
+* Query ids come from :mod:`secrets` and the kernel picks a random ephemeral port for
+  each query's socket (RFC 5452 section 9.2: unpredictable id *and* port).  A response
+  is accepted only from the server the socket is connected to, with the query's id,
+  QR set, opcode QUERY and our question (RFC 5452 section 4); anything else (spoofed,
+  late, malformed) is dropped and the caller keeps waiting, as dnspython's resolver does.
 * TC=1 (RFC 1035 section 4.2.1, RFC 7766) is retried over TCP to the same server with
   ``dns.query.tcp``: rare, so a connection per query is fine there.
 * Servers are tried in order, each once per pass, until one answers or the
   ``lifetime`` is spent; a server that answered with an error (SERVFAIL, REFUSED, a
   broken message over TCP, ...) is not asked again in that call, as in dnspython.
-* Sockets and the thread are created on the first query, in the process that makes
-  it: workers are forked from the supervisor, and a transport copied by ``fork()``
-  starts afresh in the child (a thread does not survive ``fork()``).
 """
 from __future__ import annotations
 
 import ipaddress
-import os
 import secrets
-import selectors
 import socket
-import threading
 import time
-import weakref
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import dns.exception
 import dns.flags
@@ -46,7 +40,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
-SOCKETS_PER_FAMILY = 4
+from . import dnswire
+
 EDNS_PAYLOAD = 1232  # DNS flag day 2020
 _RECV_SIZE = 65535
 
@@ -74,133 +69,12 @@ def servers_of(resolver: dns.resolver.Resolver) -> Optional[list[tuple[str, int]
     return servers or None
 
 
-class _Pending:
-    """A query awaiting its response: the I/O thread fills ``outcome`` and releases ``ready``."""
-
-    __slots__ = ("request", "ready", "outcome")
-
-    def __init__(self, request: dns.message.Message) -> None:
-        self.request = request
-        self.ready = threading.Lock()
-        self.ready.acquire()
-        self.outcome: object = None  # a Message, or a dns.message.Truncated
-
-
-class _Io:
-    """The sockets, the pending queries and the receiving thread of one process."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.lock = threading.Lock()
-        self.pending: dict[tuple[int, str, int], _Pending] = {}
-        self.selector = selectors.DefaultSelector()
-        self.sockets: dict[int, list[socket.socket]] = {}
-        self.wake_r, self.wake_w = socket.socketpair()
-        self.wake_r.setblocking(False)
-        self.selector.register(self.wake_r, selectors.EVENT_READ)
-        self.closed = False
-        self.thread = threading.Thread(target=self._run, name="dns-io", daemon=True)
-        self.thread.start()
-
-    def sockets_for(self, family: int) -> list[socket.socket]:
-        with self.lock:
-            found = self.sockets.get(family)
-            if found is None:
-                found = self.sockets[family] = []
-                for _ in range(SOCKETS_PER_FAMILY):
-                    sock = socket.socket(family, socket.SOCK_DGRAM)
-                    sock.setblocking(False)
-                    # Port 0: Linux picks the ephemeral port at random (RFC 5452 section 9.2).
-                    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-                    found.append(sock)
-                    self.selector.register(sock, selectors.EVENT_READ)
-                self.wake_w.send(b"x")  # let the thread select on the new sockets
-            return found
-
-    def _run(self) -> None:
-        while not self.closed:
-            try:
-                events = self.selector.select()
-            except (OSError, ValueError):
-                if self.closed:
-                    break
-                raise
-            for key, _ in events:
-                sock = key.fileobj
-                if sock is self.wake_r:
-                    try:
-                        self.wake_r.recv(512)
-                    except BlockingIOError:
-                        pass
-                    continue
-                self._receive(sock)  # type: ignore[arg-type]
-        self._close_sockets()
-
-    def _receive(self, sock: socket.socket) -> None:
-        """One datagram (epoll is level-triggered: more waiting ones come in the next round)."""
-        try:
-            wire, source = sock.recvfrom(_RECV_SIZE)
-        except OSError:  # nothing there after all, or an ICMP error queued on the socket
-            return
-        if len(wire) < 12:
-            return
-        # Server addresses are kept in the text form the kernel reports (see _norm_address).
-        key = (int.from_bytes(wire[:2], "big"), source[0], source[1])
-        with self.lock:
-            pending = self.pending.get(key)
-        if pending is None:
-            return  # unexpected source or id: dropped (RFC 5452 section 4)
-        outcome = _parse(pending.request, wire)
-        if outcome is None:
-            return
-        with self.lock:
-            if self.pending.get(key) is not pending:
-                return  # the caller gave up meanwhile
-            del self.pending[key]
-        pending.outcome = outcome
-        pending.ready.release()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.pid != os.getpid():  # a copy from before fork(): no thread here, just drop the fds
-            self._close_sockets(locked=False)
-            return
-        try:
-            self.wake_w.send(b"x")
-        except OSError:
-            pass
-
-    def _close_sockets(self, locked: bool = True) -> None:
-        # In a forked child the lock may have been copied while held by the parent's thread,
-        # which does not exist here: nothing else runs on this copy, so it is not taken.
-        if locked:
-            with self.lock:
-                socks = [sock for group in self.sockets.values() for sock in group]
-                self.sockets.clear()
-        else:
-            socks = [sock for group in self.sockets.values() for sock in group]
-        for sock in socks:
-            sock.close()
-        self.selector.close()
-        self.wake_r.close()
-        self.wake_w.close()
-
-
-def _parse(request: dns.message.Message, wire: bytes) -> object:
-    """The response to ``request`` in ``wire``, a Truncated for TC=1, or None to ignore it."""
-    try:
-        response = dns.message.from_wire(wire, raise_on_truncation=True)
-    except dns.message.Truncated as exc:
-        return exc if request.is_response(exc.message()) else None
-    except Exception:  # malformed: ignored, the caller keeps waiting (as dnspython does)
-        return None
-    return response if request.is_response(response) else None
-
-
 class Transport:
-    """Resolve over persistent sockets; a drop-in for ``Resolver.resolve`` as dns.py uses it."""
+    """Resolve over UDP (TCP on TC=1) straight to :class:`dnswire.Reply` values.
+
+    ``query()`` is what :class:`~spfmilter.dns.DnsClient` calls; how a UDP exchange is
+    made is the subclass's business (:class:`DirectTransport`).
+    """
 
     def __init__(self, servers: Sequence[tuple[str, int]], timeout: float, payload: int = EDNS_PAYLOAD):
         if not servers:
@@ -209,9 +83,6 @@ class Transport:
         self.nameservers = [address for address, _ in self.servers]
         self.timeout = timeout
         self.payload = payload
-        self._io: Optional[_Io] = None
-        self._start_lock = threading.Lock()
-        self._finalizer: Optional[weakref.finalize] = None
 
     @classmethod
     def from_resolver(cls, resolver: dns.resolver.Resolver) -> Optional["Transport"]:
@@ -222,123 +93,98 @@ class Transport:
         payload = resolver.payload if resolver.edns >= 0 else 0
         return cls(servers, resolver.timeout, payload)
 
-    def close(self) -> None:
-        with self._start_lock:
-            if self._io is not None:
-                self._io.close()
-                self._io = None
+    def query(self, qname: str, qtype: str, lifetime: float) -> dnswire.Reply:
+        """The reply for ``qname``/``qtype`` (NOERROR or NXDOMAIN), asking each server in turn.
 
-    def _running(self) -> _Io:
-        io = self._io
-        if io is not None and io.pid == os.getpid():
-            return io
-        with self._start_lock:
-            if self._io is not None and self._io.pid != os.getpid():
-                self._io.close()  # inherited through fork(): its thread stayed in the parent
-                self._io = None
-            if self._io is None:
-                self._io = _Io()
-                if self._finalizer is not None:
-                    self._finalizer.detach()
-                self._finalizer = weakref.finalize(self, self._io.close)
-            return self._io
-
-    def resolve(self, qname: dns.name.Name | str, rdtype: Any, lifetime: float, raise_on_no_answer: bool = False,
-                search: bool = False) -> dns.resolver.Answer:
-        """Like ``Resolver.resolve(qname, rdtype, lifetime=..., raise_on_no_answer=False)``."""
-        del raise_on_no_answer, search  # always False here: dns.py handles NODATA itself
-        name = qname if isinstance(qname, dns.name.Name) else dns.name.from_text(qname)
-        rdtype = dns.rdatatype.RdataType.make(rdtype)
+        Raises as dnspython's resolver does: ``LifetimeTimeout`` when ``lifetime`` runs out,
+        ``YXDOMAIN``, and ``NoNameservers`` when every server answered with an error.
+        """
+        code = dnswire.QTYPES[qtype]
+        try:
+            wire_name = dnswire.encode_name(qname)
+        except dnswire.Unusual:  # escapes, non-ASCII, bad lengths: dnspython's rules (and errors)
+            wire_name = cast(bytes, dns.name.from_text(qname).to_wire())
         end = time.monotonic() + lifetime
         errors: list = []
         live = list(self.servers)
-        request = self._request(name, rdtype)
         while live:
             for server in list(live):
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     raise dns.resolver.LifetimeTimeout(timeout=lifetime, errors=errors)
                 try:
-                    response = self._exchange(request, server, min(self.timeout, remaining), end)
+                    reply = self._exchange(wire_name, code, server, min(self.timeout, remaining), end)
                 except dns.exception.Timeout as exc:
                     errors.append((server[0], False, server[1], exc, None))
                     continue
                 except (dns.exception.FormError, EOFError, OSError, NotImplementedError,
-                        dns.message.Truncated) as exc:
+                        dns.message.Truncated, dnswire.BadAnswer) as exc:
                     errors.append((server[0], True, server[1], exc, None))
                     live.remove(server)
                     continue
                 except dns.exception.DNSException as exc:  # e.g. BadResponse over TCP: try again
                     errors.append((server[0], True, server[1], exc, None))
                     continue
-                answer = self._judge(name, rdtype, response, server, errors)
-                if answer is not None:
-                    return answer
+                if reply.rcode in (dnswire.NOERROR, dnswire.NXDOMAIN):
+                    return reply
+                if reply.rcode == dns.rcode.YXDOMAIN:
+                    raise dns.resolver.YXDOMAIN()
+                errors.append((server[0], False, server[1], dns.rcode.to_text(dns.rcode.Rcode(reply.rcode)), None))
                 live.remove(server)
+        request = dns.message.make_query(dns.name.from_wire(wire_name, 0)[0], dns.rdatatype.RdataType(code))
         raise dns.resolver.NoNameservers(request=request, errors=errors)
 
-    def _request(self, name: dns.name.Name, rdtype: Any) -> dns.message.QueryMessage:
-        # id=0 spares dnspython's own random draw: _udp() sets a fresh id per attempt.
+    def _exchange(self, qname: bytes, qtype: int, server: tuple[str, int], timeout: float,
+                  end: float) -> dnswire.Reply:
+        outcome = self._udp(qname, qtype, server, timeout)
+        if outcome is not dnswire.Truncated:
+            return outcome  # type: ignore[return-value]
+        # TC=1: ask the same server over TCP, within what is left (RFC 7766 section 5).  Rare,
+        # so dnspython's own TCP query (a connection per query) does it.
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise dns.exception.Timeout(timeout=0.0)
+        name = dns.name.from_wire(qname, 0)[0]
         if self.payload:
-            return dns.message.make_query(name, rdtype, use_edns=0, payload=self.payload, id=0)
-        return dns.message.make_query(name, rdtype, id=0)
+            request = dns.message.make_query(name, dns.rdatatype.RdataType(qtype), use_edns=0, payload=self.payload)
+        else:
+            request = dns.message.make_query(name, dns.rdatatype.RdataType(qtype))
+        response = dns.query.tcp(request, server[0], timeout=min(self.timeout, remaining), port=server[1])
+        if response.flags & dns.flags.TC:
+            raise dns.message.Truncated(message=response)
+        return dnswire.reply_of_message(response, name, qtype)
 
-    def _exchange(self, request: dns.message.Message, server: tuple[str, int], timeout: float,
-                  end: float) -> dns.message.Message:
-        outcome = self._udp(request, server, timeout)
-        if isinstance(outcome, dns.message.Truncated):
-            # TC=1: ask the same server over TCP, within what is left (RFC 7766 section 5).
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                raise dns.exception.Timeout(timeout=0.0)
-            response = dns.query.tcp(request, server[0], timeout=min(self.timeout, remaining), port=server[1])
-            if response.flags & dns.flags.TC:
-                raise dns.message.Truncated(message=response)
-            return response
-        return outcome  # type: ignore[return-value]
+    def _udp(self, qname: bytes, qtype: int, server: tuple[str, int], timeout: float) -> object:
+        raise NotImplementedError
 
-    def _udp(self, request: dns.message.Message, server: tuple[str, int], timeout: float) -> object:
-        io = self._running()
+
+class DirectTransport(Transport):
+    """Each query on a UDP socket of its own, sent and received in the caller's thread.
+
+    The socket is connected to the server, so the kernel drops datagrams from any other
+    source and reports an ICMP port-unreachable at once; its ephemeral port is picked at
+    random by the kernel for every query, and the id comes from :mod:`secrets` (RFC 5452
+    section 9.2: unpredictable id *and* port, per query).  A datagram that is not the
+    response to our question (wrong id, question or flags) is dropped and the wait goes on
+    (RFC 5452 section 4).  No thread, no shared state: nothing to redo after ``fork()``.
+    """
+
+    def _udp(self, qname: bytes, qtype: int, server: tuple[str, int], timeout: float) -> object:
+        qid = secrets.randbits(16)
+        end = time.monotonic() + timeout
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-        sockets = io.sockets_for(family)
-        pending = _Pending(request)
-        with io.lock:
-            while True:  # an id not in use towards this server (RFC 5452 section 9.2: random ids)
-                request.id = secrets.randbits(16)
-                key = (request.id, server[0], server[1])
-                if key not in io.pending:
-                    break
-            io.pending[key] = pending
-        try:
-            secrets.choice(sockets).sendto(request.to_wire(), server)
-        except OSError:
-            with io.lock:
-                io.pending.pop(key, None)
-            raise
-        if pending.ready.acquire(timeout=max(0.0, timeout)):
-            return pending.outcome
-        with io.lock:
-            if io.pending.get(key) is pending:
-                del io.pending[key]
-                raise dns.exception.Timeout(timeout=timeout)
-        pending.ready.acquire()  # answered just as we gave up: the outcome is set
-        return pending.outcome
-
-    def _judge(self, name: dns.name.Name, rdtype: Any, response: Any, server: tuple[str, int],
-               errors: list) -> Optional[dns.resolver.Answer]:
-        """dnspython's reading of a response (its ``_Resolution.query_result``)."""
-        rcode = response.rcode()
-        try:
-            if rcode == dns.rcode.NOERROR:
-                return dns.resolver.Answer(name, rdtype, dns.rdataclass.IN, response, server[0], server[1])
-            if rcode == dns.rcode.NXDOMAIN:
-                dns.resolver.Answer(name, dns.rdatatype.ANY, dns.rdataclass.IN, response)  # validates
-        except Exception as exc:  # e.g. a CNAME chain too long: this server's answer is no good
-            errors.append((server[0], False, server[1], exc, response))
-            return None
-        if rcode == dns.rcode.NXDOMAIN:
-            raise dns.resolver.NXDOMAIN(qnames=[name], responses={name: response})
-        if rcode == dns.rcode.YXDOMAIN:
-            raise dns.resolver.YXDOMAIN()
-        errors.append((server[0], False, server[1], dns.rcode.to_text(rcode), response))
-        return None
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect(server)
+            sock.send(dnswire.encode_query(qid, qname, qtype, self.payload))
+            while True:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    raise dns.exception.Timeout(timeout=timeout)
+                sock.settimeout(remaining)
+                try:
+                    wire = sock.recv(_RECV_SIZE)
+                except socket.timeout:
+                    raise dns.exception.Timeout(timeout=timeout) from None
+                outcome = dnswire.parse(wire, qid, qname, qtype)
+                if outcome is not None:
+                    return outcome
