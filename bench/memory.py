@@ -68,8 +68,9 @@ def sample_tree(pid: int, read: Callable[[int], tuple] = memory_kib,
 class TreeMemory:
     """Samples a process tree in a thread; keeps the peaks (as a context manager).
 
-    ``peak_*`` are the largest sums seen in one sample; ``root_*`` the root's own peaks;
-    ``processes`` the most processes seen at once."""
+    ``peak_*`` are the largest sums seen in one sample; ``root_*`` the root's own share in the
+    sample with the largest PSS sum (so root and rest add up to the peak); ``processes`` the most
+    processes seen at once."""
 
     pid: int
     interval: float = 0.2
@@ -83,9 +84,10 @@ class TreeMemory:
 
     def add(self, sample: TreeSample) -> None:
         self.peak_rss_kib = max(self.peak_rss_kib, sample.rss_kib)
-        self.peak_pss_kib = max(self.peak_pss_kib, sample.pss_kib)
-        self.root_rss_kib = max(self.root_rss_kib, sample.root_rss_kib)
-        self.root_pss_kib = max(self.root_pss_kib, sample.root_pss_kib)
+        if sample.pss_kib > self.peak_pss_kib:
+            self.peak_pss_kib = sample.pss_kib
+            self.root_rss_kib = sample.root_rss_kib
+            self.root_pss_kib = sample.root_pss_kib
         self.processes = max(self.processes, sample.processes)
 
     def sample(self) -> None:

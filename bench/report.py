@@ -218,7 +218,8 @@ def goal_rows(results: Sequence, e2e: Optional[Sequence], facts: Facts) -> list:
                   f"CPU per message, cold cache, c=1: ≤ {GOAL_CPU_COLD}× the floor (a trivial pymilter milter)",
                   "the profiles of the cold scenarios below show where the time goes"),
         _cpu_goal(by, HOT_C1, GOAL_CPU_HOT, f"CPU per message, hot cache, c=1: ≤ {GOAL_CPU_HOT}× the floor",
-                  "the hot cache leaves the milter protocol, SPF evaluation of cached records, headers and logging"),
+                  "with every answer cached, what is left is the milter protocol, pyspf's evaluation of the "
+                  "cached records, the headers and the log line (no profile of the hot scenario is taken)"),
         _rate_goal(by, HOT_C64, GOAL_HOT_RATIO,
                    f"Hot cache, c=64, 5 ms DNS: ≥ {GOAL_HOT_RATIO:.0f}× spf-engine's msg/s"),
         _e2e_goal(e2e, "unix", GOAL_E2E_UNIX, "Postfix end to end, one message per connection, unix socket: "
@@ -336,7 +337,7 @@ def workers_text(rows: Sequence[tuple], cores: int, auto: int) -> str:
 
 def memory_text(by: dict) -> str:
     """What the memory columns count, with the split of the daemon's processes when measured."""
-    text = ("Memory: the columns sum over every process of a milter. spfmilter runs a supervisor (pymilter and the "
+    text = ("The memory columns sum over every process of a milter. spfmilter runs a supervisor (pymilter and the "
             "configuration only) that forks its workers (`workers = 1`: one worker, which holds the SPF machinery "
             "and the DNS cache), so one spfmilter is two processes. The worker is a fork of the supervisor and "
             "shares many of its pages; an RSS sum counts such a page once per process, while PSS (proportional "
@@ -374,7 +375,8 @@ def scenario_text(cold_domains: int, zipf_domains: int, hot_domains: int, second
 
 PROFILE_TEXT = (
     "The profiles are py-spy (`record --gil --subprocesses`, 200 Hz) on spfmilter's processes in the cold "
-    "scenarios: only samples of a thread holding the GIL count, so they show Python CPU, not waiting. "
+    "scenarios, each in a run of its own after the measured one (the sampler costs CPU on the same cores, so "
+    "those runs' figures are not in the tables): only samples of a thread holding the GIL count, so they show Python CPU, not waiting. "
     "\"(no Python frame)\" is time with the GIL held outside any Python frame (pymilter's C glue around "
     "libmilter's callbacks). Self: the function was on top of the stack; inclusive: anywhere in it.")
 

@@ -12,8 +12,8 @@ DNS server gives each name a TTL of 300-3600 s).  Beside msg/s, every run record
 CPU time per message (user + system time of all its processes, from /proc/PID/stat, over every
 session measured after the warm-up), and a trivial pymilter milter that adds one header
 (bench/trivial_milter.py) is measured at c=1 in the same run as the floor.  The spfmilter
-processes of the cold scenarios are sampled with py-spy and the top functions summarised
-(bench/profile.py; ``--no-profile`` skips it).  spfmilter also runs cold-c64-5ms with
+processes of the cold scenarios are sampled with py-spy, in an extra run after the measured one,
+and the top functions summarised (bench/profile.py; ``--no-profile`` skips it).  spfmilter also runs cold-c64-5ms with
 ``workers = 2`` and ``auto`` (``--no-workers`` skips it), and the memory of one DNS cache entry
 is measured in-process (bench/memory.py).
 
@@ -392,7 +392,8 @@ class RunInfo:
     zipf_domains: int
 
 
-def render_document(results: list[Measurement], e2e, info: RunInfo, cache=None, workers_rows=()) -> str:
+def render_document(results: list[Measurement], e2e, info: RunInfo, cache=None, workers_rows=(),
+                    profiled=()) -> str:
     """The whole of docs/PERFORMANCE.md."""
     from bench.memory import render_cache_memory
 
@@ -426,7 +427,7 @@ def render_document(results: list[Measurement], e2e, info: RunInfo, cache=None, 
                   "smtp-source -> private Postfix (with the milter or policy server, if any) -> smtp-sink, "
                   "the client presented to Postfix with XCLIENT so the SPF checks really run "
                   "(bench/postfix_e2e.py).", "", report.render_e2e(e2e), ""]
-    profiles = profile_sections(results)
+    profiles = profile_sections(list(profiled))
     if profiles:
         lines += ["## Where the time goes", "", report.PROFILE_TEXT, "", *profiles]
     return "\n".join(lines).rstrip() + "\n"
@@ -539,17 +540,19 @@ def main(argv=None) -> int:
     results = []
     auto = auto_workers()
 
-    def run(milter: str, scenario: Scenario, workers: str = "1") -> Measurement:
+    profiled = []  # runs made only for a profile: py-spy costs CPU, so their figures are not reported
+
+    def run(milter: str, scenario: Scenario, workers: str = "1", profile: bool = False) -> Measurement:
         started = time.monotonic()
         s_world, s_paths, s_cases = worlds[scenario.world]
         m = measure(milter, scenario, s_world, s_paths, workdir, seconds, args.warmup, cases=s_cases,
-                    profile=args.profile and milter == "spfmilter" and scenario.world == "cold" and workers == "1",
-                    workers=workers)
-        print(f"{scenario.name:18} {milter:10} w={workers:4} {m.msgs_per_s:7.1f} msg/s  p50 {m.p50_ms:7.1f} ms  "
+                    profile=profile, workers=workers)
+        print(f"{scenario.name:18} {milter:10} w={workers:4}{' profiled' if profile else ''} "
+              f"{m.msgs_per_s:7.1f} msg/s  p50 {m.p50_ms:7.1f} ms  "
               f"p99 {m.p99_ms:7.1f} ms  rss {m.peak_rss_mib:5.1f} MiB  pss {m.peak_pss_mib:5.1f} MiB  "
               f"procs {m.processes}  q/msg {m.queries_per_msg:.2f}  cpu {m.cpu_ms_per_msg:.2f} ms/msg  "
               f"errors {m.errors}  wrong {m.mismatches}  ({time.monotonic() - started:.0f} s)", flush=True)
-        results.append(m)
+        (profiled if profile else results).append(m)
         return m
 
     if not args.no_floor:
@@ -558,6 +561,8 @@ def main(argv=None) -> int:
     for scenario in scenarios:
         for milter in ("spf-engine", "spfmilter"):
             m = run(milter, scenario)
+            if milter == "spfmilter" and scenario.world == "cold" and args.profile:
+                run(milter, scenario, profile=True)
             if milter == "spfmilter" and scenario.name == WORKERS_SCENARIO and not args.no_workers:
                 for label, setting in workers_plan(WORKER_SETTINGS, auto):
                     workers_rows.append((label, m if setting == "1" else run(milter, scenario, setting)))
@@ -574,7 +579,7 @@ def main(argv=None) -> int:
                    machine=machine_description(), cores=len(os.sched_getaffinity(0)), auto_workers=auto,
                    seconds=seconds, warmup=args.warmup, cold_domains=args.cold_domains,
                    zipf_domains=args.zipf_domains)
-    document = render_document(results, e2e, info, cache, workers_rows)
+    document = render_document(results, e2e, info, cache, workers_rows, profiled)
     print()
     print(document)
     if args.write:
