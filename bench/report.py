@@ -139,6 +139,8 @@ def _policyd_goal(e2e: Sequence) -> GoalRow:
              "spfmilter's rate and added latency beside it")
     policyd = find_e2e(e2e, "policyd")
     ours = [row for row in e2e or () if "spfmilter" in row[0].lower() and "policyd" not in row[0].lower()]
+    if not e2e:
+        return GoalRow(title, "-", NOT_MEASURED, "run without --no-e2e")
     if policyd is None or not ours:
         return GoalRow(title, "-", NOT_MEASURED, "the end-to-end run has no policyd-spf row")
     parts = [f"{label}: {r.msgs_per_s:.0f} msg/s, {100 * e2e_share(e2e, (label, r)):.0f} %{_added(r)}"
