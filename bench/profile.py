@@ -71,6 +71,24 @@ def summarise(lines: Iterable[str], top: int = 15) -> tuple:
     return total, rows(own), rows(inclusive)
 
 
+def inclusive_shares(lines: Iterable[str], functions: Sequence[str]) -> dict:
+    """function -> share of all samples with it anywhere in the stack (once per stack).
+
+    ``functions`` are names as py-spy shows them without the file, e.g. ``DnsClient.lookup``;
+    a name that matches several files counts once per stack all the same."""
+    stacks = parse(lines)
+    total = sum(count for _, count in stacks)
+    out = dict.fromkeys(functions, 0.0)
+    if not total:
+        return out
+    for frames, count in stacks:
+        names = {frame_key(f).split(" (", 1)[0] for f in frames}
+        for function in functions:
+            if function in names:
+                out[function] += count / total
+    return out
+
+
 def render(total: int, by_self: list, by_inclusive: list) -> str:
     lines = [f"{total} samples.", "", "| top by self time | self | inclusive |", "|---|---|---|"]
     lines += [f"| `{r.function}` | {100 * r.self_share:.1f} % | {100 * r.inclusive_share:.1f} % |" for r in by_self]

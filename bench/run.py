@@ -1,7 +1,8 @@
 """Side-by-side benchmark: spfmilter against spf-engine's pyspf-milter, same sessions, same DNS.
 
-    python -m bench.run [--quick] [--seconds 20] [--write docs/PERFORMANCE.md]
-    python -m bench.run --only cold-c64-5ms --cold-domains 50000 --profile --no-e2e
+    python -m bench.run --write docs/PERFORMANCE.md      # the whole report, issue sizes
+    python -m bench.run [--quick] [--seconds 20] [--no-profile] [--no-e2e] [--no-workers]
+    python -m bench.run --only cold-c64-5ms --cold-domains 5000 --no-e2e
 
 Scenarios run in one of three worlds: ``hot`` (600 sender domains reused, the cache answers
 nearly everything), ``cold`` (one case per sender domain, each used at most once, so every
@@ -9,10 +10,12 @@ session's sender domain is new within the run; the big providers' records stay s
 ``zipf`` (sessions draw their sender domain from a Zipf law over ``--zipf-domains`` domains, the
 DNS server gives each name a TTL of 300-3600 s).  Beside msg/s, every run records the milter's
 CPU time per message (user + system time of all its processes, from /proc/PID/stat, over every
-session of the run, warm-up included), and a trivial pymilter milter that adds one header
-(bench/trivial_milter.py) is measured at c=1 in the same run as the floor.  ``--profile``
-samples the spfmilter processes of the cold scenarios with py-spy and summarises the top
-functions (bench/profile.py).
+session measured after the warm-up), and a trivial pymilter milter that adds one header
+(bench/trivial_milter.py) is measured at c=1 in the same run as the floor.  The spfmilter
+processes of the cold scenarios are sampled with py-spy, in an extra run after the measured one,
+and the top functions summarised (bench/profile.py; ``--no-profile`` skips it).  spfmilter also runs cold-c64-5ms with
+``workers = 2`` and ``auto`` (``--no-workers`` skips it), and the memory of one DNS cache entry
+is measured in-process (bench/memory.py).
 
 For each scenario both milters are started fresh (inet socket on 127.0.0.1), each with
 its own fresh loopback DNS server (tests/support/dnsserver.py) serving the generated
@@ -22,6 +25,10 @@ result, so a faster wrong answer is a failure.  spf-engine 3.1 is installed from
 into its own venv (bench/.venv-spf-engine) on first use.  Then the Postfix end-to-end
 comparison (bench/postfix_e2e.py) runs smtp-source -> Postfix -> smtp-sink with and
 without spfmilter.
+
+``--write FILE`` writes the whole report, docs/PERFORMANCE.md: the machine and the command,
+the goals of issue 15 judged from the run, every table, and the generated explanations
+(bench/report.py).
 """
 from __future__ import annotations
 
@@ -30,15 +37,18 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench import procs
+from bench import procs, report
 from bench.loadclient import run_load
+from bench.memory import TreeMemory
 from bench.zones import cold_world, generate, zipf_cases, zone_ttls
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +75,10 @@ SCENARIOS = [
     Scenario("zipf-c64-5ms", 64, 0.005, world="zipf"),
 ]
 FLOOR = Scenario("floor-c1-0ms", 1, 0.0)
+WORKERS_SCENARIO = "cold-c64-5ms"  # where spfmilter also runs with workers = 2 and auto
+WORKER_SETTINGS = ("1", "2", "auto")
+DNS_TIMEOUT = 3.0  # spfmilter's dns_timeout in every run
+HOT_DOMAINS = 600
 ZIPF_SESSIONS = 200_000  # sessions drawn for the zipf world (more than any run uses)
 
 
@@ -88,8 +102,14 @@ class Measurement:
     dead_max_ms: float = 0.0
     dead_sessions: int = 0
     live_msgs_per_s: float = 0.0
-    cpu_ms_per_msg: float = 0.0  # milter user+system CPU over every session of the run (warm-up included)
+    cpu_ms_per_msg: float = 0.0  # milter user+system CPU after the warm-up / sessions measured
     profile: str = ""  # path of the py-spy raw profile, if one was taken
+    concurrency: int = 0
+    workers: str = "1"  # spfmilter's workers setting
+    processes: int = 0  # most processes of the milter seen at once
+    root_rss_mib: float = 0.0  # the first process (spfmilter's supervisor) alone
+    root_pss_mib: float = 0.0
+    cpu_ms_per_msg_all: float = 0.0  # over every session of the run, warm-up included
 
 
 def ensure_spf_engine() -> Path:
@@ -133,7 +153,7 @@ def start_dns(workdir: Path, world_path: Path, faults_path: Path, latency: float
     return proc, int(line.split()[-1]), stats
 
 
-def start_spfmilter(workdir: Path, dns_port: int, tag: str, workers: str = "1", budget: float = 3.0,
+def start_spfmilter(workdir: Path, dns_port: int, tag: str, workers: str = "1", budget: float = DNS_TIMEOUT,
                     unix_path: str | None = None):
     port = procs.free_port()
     conf = workdir / f"spfmilter-{tag}.conf"
@@ -185,8 +205,8 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, seconds: float,
-            warmup: float, cases=None, profile: bool = False) -> Measurement:
-    tag = f"{milter}-{scenario.name}"
+            warmup: float, cases=None, profile: bool = False, workers: str = "1") -> Measurement:
+    tag = f"{milter}-{scenario.name}" + (f"-w{workers}" if workers != "1" else "")
     faults = paths["faults"]
     once = scenario.world == "cold"
     if scenario.dead_fraction:
@@ -199,7 +219,7 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
     profiler = None
     try:
         if milter == "spfmilter":
-            proc, port = start_spfmilter(workdir, dns_port, tag)
+            proc, port = start_spfmilter(workdir, dns_port, tag, workers=workers)
         elif milter == "trivial":
             proc, port = start_trivial(workdir)
         else:
@@ -208,10 +228,15 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
             wait_port(port, proc)
             cases, dead = with_dead_dns(world.cases if cases is None else cases, scenario.dead_fraction)
             cpu_before = procs.cpu_seconds(proc.pid)
+            # CPU at the end of the warm-up (run_load's measured window starts then), so a hot
+            # scenario's CPU per message is not the cache being filled.
+            cpu_at_warm: list = []
+            warm_timer = threading.Timer(warmup, lambda: cpu_at_warm.append(procs.cpu_seconds(proc.pid)))
+            warm_timer.start()
             if profile:
                 profile_path = workdir / f"profile-{tag}.txt"
                 profiler = start_profiler(proc.pid, profile_path, warmup + seconds, workdir)
-            with procs.MemorySampler(proc.pid) as memory:
+            with TreeMemory(proc.pid) as memory:
                 if dead:
                     # The live sessions run at the scenario's concurrency; the sessions whose DNS is
                     # dead run beside them in their own slots, so the live throughput shows whether
@@ -228,7 +253,9 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
                     stats = asyncio.run(run_load(("127.0.0.1", port), cases, concurrency=scenario.concurrency,
                                                  duration=seconds, warmup=warmup, check=milter != "trivial",
                                                  once=once))
-            cpu_seconds = procs.cpu_seconds(proc.pid) - cpu_before
+            warm_timer.cancel()
+            warm_timer.join()
+            cpu_end = procs.cpu_seconds(proc.pid)
             if profiler is not None:
                 profiler.wait(timeout=warmup + seconds + 60)
         finally:
@@ -240,6 +267,8 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
         procs.stop(dns_proc)
     dns_stats = json.loads(stats_path.read_text()) if stats_path.exists() else {"queries": 0}
     total_sessions = stats.sessions + stats.warmup_sessions
+    cpu_all = 1000 * (cpu_end - cpu_before) / total_sessions if total_sessions else 0.0
+    cpu_measured = 1000 * (cpu_end - cpu_at_warm[0]) / stats.sessions if cpu_at_warm and stats.sessions else cpu_all
     m = Measurement(
         milter=milter, scenario=scenario.name, msgs_per_s=stats.msgs_per_s, p50_ms=stats.p50_ms,
         p99_ms=stats.p99_ms, max_ms=stats.max_ms, sessions=stats.sessions, errors=stats.errors,
@@ -248,8 +277,10 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
         dns_queries=dns_stats["queries"],
         queries_per_msg=dns_stats["queries"] / total_sessions if total_sessions else 0.0,
         queries_per_name=dns_stats["queries"] / dns_stats["distinct"] if dns_stats.get("distinct") else 0.0,
-        cpu_ms_per_msg=1000 * cpu_seconds / total_sessions if total_sessions else 0.0,
-        profile=str(profile_path) if profiler is not None else "")
+        cpu_ms_per_msg=cpu_measured, cpu_ms_per_msg_all=cpu_all,
+        profile=str(profile_path) if profiler is not None else "", concurrency=scenario.concurrency,
+        workers=workers, processes=memory.processes, root_rss_mib=memory.root_rss_kib / 1024,
+        root_pss_mib=memory.root_pss_kib / 1024)
     if dead_stats is not None:
         m.dead_sessions = dead_stats.sessions
         m.dead_max_ms = dead_stats.max_ms
@@ -274,8 +305,9 @@ def machine_description() -> str:
             f"share the same cores")
 
 
-def render(results: list[Measurement], e2e, seconds: float) -> str:
-    by = {(m.milter, m.scenario): m for m in results}
+def render_tables(results: list[Measurement], seconds: float) -> str:
+    """The scenario tables (every run with ``workers = 1``), the ratios and the dead-DNS table."""
+    by = report.main_runs(results)
     floor = by.get(("trivial", FLOOR.name))
     lines = [
         "| scenario | milter | msg/s | p50 ms | p99 ms | peak RSS MiB (sum) | peak PSS MiB (sum) | DNS queries/msg "
@@ -293,46 +325,112 @@ def render(results: list[Measurement], e2e, seconds: float) -> str:
                          f"{m.peak_rss_mib:.0f} | {m.peak_pss_mib:.0f} | {m.queries_per_msg:.2f} | "
                          f"{m.queries_per_name:.2f} | {m.cpu_ms_per_msg:.2f} | {over_floor} | {m.errors} | "
                          f"{m.mismatches} |")
-    lines += ["", "| scenario | msg/s ratio (spfmilter / spf-engine) | p99 ratio (spfmilter / spf-engine) |",
-              "|---|---|---|"]
+    lines += ["", "| scenario | msg/s ratio (spfmilter / spf-engine) | p99 ratio (spfmilter / spf-engine) "
+                  "| CPU ratio (spfmilter / spf-engine) |", "|---|---|---|---|"]
     for scenario in SCENARIOS:
         ours, theirs = by.get(("spfmilter", scenario.name)), by.get(("spf-engine", scenario.name))
         if ours and theirs and theirs.msgs_per_s and theirs.p99_ms:
+            cpu = f"{ours.cpu_ms_per_msg / theirs.cpu_ms_per_msg:.2f}" if theirs.cpu_ms_per_msg else "-"
             lines.append(f"| {scenario.name} | {ours.msgs_per_s / theirs.msgs_per_s:.2f}x | "
-                         f"{ours.p99_ms / theirs.p99_ms:.2f} |")
-    dead = [m for m in results if m.dead_sessions]
+                         f"{ours.p99_ms / theirs.p99_ms:.2f} | {cpu} |")
+    dead = [m for m in by.values() if m.dead_sessions or m.scenario == report.DEAD]
     if dead:
-        normal = {m.milter: m for m in results if m.scenario == "c64-5ms"}
-        lines += ["", f"Dead DNS: 5 % of the sender domains never answer. Their sessions run {DEAD_CONCURRENCY} at a "
-                      "time beside the normal c64 load; spfmilter has dns_timeout = 3 s, spf-engine its fixed 20 s "
-                      "per lookup. A milter that keeps serving the others keeps its c64-5ms rate.", "",
+        normal = {m.milter: m for m in by.values() if m.scenario == report.HOT_C64}
+        lines += ["", "Dead DNS (`c64-5ms-dead-dns`): the sessions of the dead domains beside the normal c64 load. "
+                      "A milter that keeps serving the others keeps its c64-5ms rate.", "",
                   "| milter | affected sessions completed | slowest affected session ms | msg/s of the others | "
                   "same without dead DNS |", "|---|---|---|---|---|"]
         for m in dead:
             base = normal.get(m.milter)
             slowest = f"{m.dead_max_ms:.0f}" if m.dead_sessions else f"none finished within {seconds:.0f} s"
             lines.append(f"| {m.milter} | {m.dead_sessions} | {slowest} | {m.live_msgs_per_s:.0f} | "
-                         f"{base.msgs_per_s:.0f} |" if base else f"| {m.milter} | {m.dead_sessions} | {slowest} | "
-                         f"{m.live_msgs_per_s:.0f} | - |")
-    if e2e:
-        lines += ["", "Postfix end to end (smtp-source, one connection, XCLIENT -> Postfix -> smtp-sink):", "",
-                  "| setup | msg/s | share of no-milter rate |", "|---|---|---|"]
-        base = e2e[0][1].msgs_per_s or 1.0
-        for label, result in e2e:
-            lines.append(f"| {label} | {result.msgs_per_s:.0f} | {100 * result.msgs_per_s / base:.0f} % |")
-    lines += ["", f"Each run: {seconds:.0f} s measured after a warm-up (a cold run ends early when every sender "
-                  "domain has been used once); correctness checked on every session (not for the trivial "
-                  "milter, which adds no Authentication-Results). CPU ms/msg: user + system time of all the "
-                  "milter's processes over every session of the run, warm-up included; the floor is the "
-                  "trivial pymilter milter (bench/trivial_milter.py) at c=1."]
-    for m in results:
-        if m.profile and Path(m.profile).exists():
-            from bench.profile import render as render_profile, summarise
-
-            with open(m.profile, encoding="utf-8", errors="replace") as handle:
-                summary = render_profile(*summarise(handle, 15))
-            lines += ["", f"Profile of {m.milter} in {m.scenario} (py-spy, all its processes):", "", summary]
+                         f"{f'{base.msgs_per_s:.0f}' if base else '-'} |")
     return "\n".join(lines)
+
+
+def render(results: list[Measurement], e2e, seconds: float) -> str:
+    """The scenario tables and the end-to-end table (what ``--write`` puts in the middle of the document)."""
+    text = render_tables(results, seconds)
+    if e2e:
+        text += "\n\n" + report.render_e2e(e2e)
+    return text
+
+
+PROFILE_FUNCTIONS = ("DnsClient.lookup", "Resolver.resolve", "query.check", "SpfMilter.envfrom")
+
+
+def profile_sections(results: list[Measurement], top: int = 15) -> list[str]:
+    """Markdown for every py-spy profile the run took (bench/profile.py reads the raw files)."""
+    from bench.profile import inclusive_shares, render as render_profile, summarise
+
+    out = []
+    for m in results:
+        if not (m.profile and Path(m.profile).exists()):
+            continue
+        text = Path(m.profile).read_text(encoding="utf-8", errors="replace").splitlines()
+        reading = report.profile_reading(m.scenario, inclusive_shares(text, PROFILE_FUNCTIONS))
+        out += [f"### {m.milter} in {m.scenario}", "", render_profile(*summarise(text, top))]
+        if reading:
+            out += ["", reading]
+        out.append("")
+    return out
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the document says about the run itself."""
+
+    command: str
+    date: str
+    minutes: float
+    machine: str
+    cores: int
+    auto_workers: int
+    seconds: float
+    warmup: float
+    cold_domains: int
+    zipf_domains: int
+
+
+def render_document(results: list[Measurement], e2e, info: RunInfo, cache=None, workers_rows=(),
+                    profiled=()) -> str:
+    """The whole of docs/PERFORMANCE.md."""
+    from bench.memory import render_cache_memory
+
+    facts = report.Facts(cores=info.cores, cold_domains=info.cold_domains,
+                         cache_bytes_per_entry=cache.mix_bytes if cache else None,
+                         cache_size=cache.default_cache_size if cache else 10000)
+    by = report.main_runs(results)
+    lines = [
+        "# Performance", "",
+        f"Generated by `{info.command}` on {info.date} (the run took {info.minutes:.0f} minutes). "
+        "Do not edit by hand: run the command again.", "",
+        f"Machine: {info.machine}.", "",
+        "## Goals of issue 15", "",
+        "Ratios are measured in this one run on this machine; absolute figures vary by machine.", "",
+        report.render_goals(report.goal_rows(results, e2e, facts)), "",
+        "## spfmilter and spf-engine side by side", "",
+        report.scenario_text(info.cold_domains, info.zipf_domains, HOT_DOMAINS, info.seconds, info.warmup,
+                             DEAD_CONCURRENCY, DNS_TIMEOUT), "",
+        render_tables(results, info.seconds), "",
+        "## Memory", "",
+        report.memory_text(by), "",
+    ]
+    if cache is not None:
+        lines += [render_cache_memory(cache), ""]
+    if workers_rows:
+        lines += ["## Worker processes", "",
+                  f"spfmilter alone in {WORKERS_SCENARIO} with different `workers`, in the same run:", "",
+                  report.render_workers(workers_rows, info.cores, info.auto_workers), ""]
+    if e2e:
+        lines += ["## Postfix end to end", "",
+                  "smtp-source -> private Postfix (with the milter or policy server, if any) -> smtp-sink, "
+                  "the client presented to Postfix with XCLIENT so the SPF checks really run "
+                  "(bench/postfix_e2e.py).", "", report.render_e2e(e2e), ""]
+    profiles = profile_sections(list(profiled))
+    if profiles:
+        lines += ["## Where the time goes", "", report.PROFILE_TEXT, "", *profiles]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def run_e2e(workdir: Path, world, paths, messages: int):
@@ -392,6 +490,27 @@ def build_worlds(kinds: set, workdir: Path, cold_domains: int, zipf_domains: int
     return worlds
 
 
+def auto_workers() -> int:
+    """What ``workers = auto`` starts on this machine (spfmilter's own rule)."""
+    from spfmilter.server import resolve_workers
+
+    return resolve_workers(0)
+
+
+def workers_plan(settings=WORKER_SETTINGS, auto: int = 1) -> list:
+    """[(label, setting)] to run: ``auto`` is run only when it is a count not listed already."""
+    counts = {s for s in settings if s != "auto"}
+    plan = []
+    for setting in settings:
+        if setting == "auto":
+            if str(auto) in counts:
+                continue
+            plan.append((f"auto ({auto})", "auto"))
+        else:
+            plan.append((setting + (" (= auto here)" if "auto" in settings and setting == str(auto) else ""), setting))
+    return plan
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per run")
@@ -400,48 +519,75 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=[s.name for s in SCENARIOS], action="append")
     parser.add_argument("--no-e2e", action="store_true", help="skip the Postfix end-to-end comparison")
     parser.add_argument("--e2e-messages", type=int, default=2000)
-    parser.add_argument("--write", metavar="FILE", help="also write the report (markdown) to FILE")
+    parser.add_argument("--write", metavar="FILE", help="also write the whole report (markdown) to FILE")
     parser.add_argument("--cold-domains", type=int, default=50_000,
                         help="sender domains of the cold world (each used once)")
     parser.add_argument("--zipf-domains", type=int, default=100_000, help="sender domains of the zipf world")
     parser.add_argument("--no-floor", action="store_true", help="skip the trivial-milter floor")
-    parser.add_argument("--profile", action="store_true", help="py-spy profile of spfmilter in the cold scenarios")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="py-spy profile of spfmilter in the cold scenarios (default: on)")
+    parser.add_argument("--no-workers", action="store_true",
+                        help=f"skip spfmilter's runs of {WORKERS_SCENARIO} with workers = 2 and auto")
+    parser.add_argument("--no-cache-memory", action="store_true", help="skip the memory per DNS cache entry")
     args = parser.parse_args(argv)
+    began = time.monotonic()
     seconds = 5.0 if args.quick else args.seconds
     workdir = Path(tempfile.mkdtemp(prefix="spfmilter-bench-"))
+    print(f"working directory {workdir}", flush=True)
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
     worlds = build_worlds({"hot"} | {s.world for s in scenarios}, workdir, args.cold_domains, args.zipf_domains)
     world, paths, _ = worlds["hot"]
     results = []
+    auto = auto_workers()
 
-    def run(milter: str, scenario: Scenario) -> None:
+    profiled = []  # runs made only for a profile: py-spy costs CPU, so their figures are not reported
+
+    def run(milter: str, scenario: Scenario, workers: str = "1", profile: bool = False) -> Measurement:
         started = time.monotonic()
         s_world, s_paths, s_cases = worlds[scenario.world]
         m = measure(milter, scenario, s_world, s_paths, workdir, seconds, args.warmup, cases=s_cases,
-                    profile=args.profile and milter == "spfmilter" and scenario.world == "cold")
-        print(f"{scenario.name:18} {milter:10} {m.msgs_per_s:7.1f} msg/s  p50 {m.p50_ms:7.1f} ms  "
+                    profile=profile, workers=workers)
+        print(f"{scenario.name:18} {milter:10} w={workers:4}{' profiled' if profile else ''} "
+              f"{m.msgs_per_s:7.1f} msg/s  p50 {m.p50_ms:7.1f} ms  "
               f"p99 {m.p99_ms:7.1f} ms  rss {m.peak_rss_mib:5.1f} MiB  pss {m.peak_pss_mib:5.1f} MiB  "
-              f"q/msg {m.queries_per_msg:.2f}  cpu {m.cpu_ms_per_msg:.2f} ms/msg  errors {m.errors}  "
-              f"wrong {m.mismatches}  ({time.monotonic() - started:.0f} s)", flush=True)
-        results.append(m)
+              f"procs {m.processes}  q/msg {m.queries_per_msg:.2f}  cpu {m.cpu_ms_per_msg:.2f} ms/msg  "
+              f"errors {m.errors}  wrong {m.mismatches}  ({time.monotonic() - started:.0f} s)", flush=True)
+        (profiled if profile else results).append(m)
+        return m
 
     if not args.no_floor:
         run("trivial", FLOOR)
+    workers_rows = []
     for scenario in scenarios:
         for milter in ("spf-engine", "spfmilter"):
-            run(milter, scenario)
+            m = run(milter, scenario)
+            if milter == "spfmilter" and scenario.world == "cold" and args.profile:
+                run(milter, scenario, profile=True)
+            if milter == "spfmilter" and scenario.name == WORKERS_SCENARIO and not args.no_workers:
+                for label, setting in workers_plan(WORKER_SETTINGS, auto):
+                    workers_rows.append((label, m if setting == "1" else run(milter, scenario, setting)))
+    cache = None
+    if not args.no_cache_memory:
+        from bench.memory import cache_memory
+
+        cache = cache_memory()
+        print(f"DNS cache: {cache.mix_bytes:.0f} bytes per entry (mix)", flush=True)
     e2e = None if args.no_e2e else run_e2e(workdir, world, paths, args.e2e_messages)
-    report = render(results, e2e, seconds)
-    print()
-    print(report)
-    if args.write:
-        Path(args.write).write_text(
-            "# Performance\n\nGenerated by `.venv/bin/python -m bench.run --write docs/PERFORMANCE.md` "
-            f"on {time.strftime('%Y-%m-%d')}.\n\nMachine: {machine_description()}.\n\n{report}\n")
     (workdir / "results.json").write_text(json.dumps([m.__dict__ for m in results], indent=1))
+    command = shlex.join([".venv/bin/python", "-m", "bench.run", *(sys.argv[1:] if argv is None else argv)])
+    info = RunInfo(command=command, date=time.strftime("%Y-%m-%d"), minutes=(time.monotonic() - began) / 60,
+                   machine=machine_description(), cores=len(os.sched_getaffinity(0)), auto_workers=auto,
+                   seconds=seconds, warmup=args.warmup, cold_domains=args.cold_domains,
+                   zipf_domains=args.zipf_domains)
+    document = render_document(results, e2e, info, cache, workers_rows, profiled)
+    print()
+    print(document)
+    if args.write:
+        Path(args.write).write_text(document)
     failures = [m for m in results if m.errors or m.mismatches]
     for m in failures:
-        print(f"FAILED: {m.milter} {m.scenario}: {m.errors} errors, {m.mismatches} wrong", file=sys.stderr)
+        print(f"FAILED: {m.milter} {m.scenario} (workers {m.workers}): {m.errors} errors, {m.mismatches} wrong",
+              file=sys.stderr)
     return 1 if failures else 0
 
 
