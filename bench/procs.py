@@ -48,6 +48,22 @@ def parse_stat_cpu_ticks(stat: str) -> int:
     return sum(int(value) for value in fields[11:15])
 
 
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid``'s tree, as :func:`cpu_seconds` counts them."""
+    user = system = 0
+    for member in tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        user += int(fields[11]) + int(fields[13])  # utime + cutime
+        system += int(fields[12]) + int(fields[14])  # stime + cstime
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and all its living descendants (and of the children
     they have reaped).  0 for processes that are gone."""

@@ -370,7 +370,9 @@ def scenario_text(cold_domains: int, zipf_domains: int, hot_domains: int, second
         f"Authentication-Results), so a faster wrong answer counts as a failure. Each run measures {seconds:.0f} s "
         f"after a {warmup:.0f} s warm-up. CPU ms/msg: user + system time of all the milter's processes from the "
         "end of the warm-up to the end of the run, over the sessions measured (over every session when a cold run "
-        "ends within its warm-up). The floor is bench/trivial_milter.py, a pymilter milter that only adds one "
+        "ends within its warm-up). CPU in kernel: the system-time share of that CPU over the whole run; with many "
+        "sessions in flight it is mostly threads handing Python's GIL to one another (futex waits and wake-ups, "
+        "context switches), which `perf record -e cpu-clock -g` on the milter shows. The floor is bench/trivial_milter.py, a pymilter milter that only adds one "
         "header, at c=1: its msg/s is bounded by a delayed-ACK stall, since unlike spfmilter it leaves Nagle on; "
         "only its CPU counts.")
 

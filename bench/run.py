@@ -110,6 +110,7 @@ class Measurement:
     root_rss_mib: float = 0.0  # the first process (spfmilter's supervisor) alone
     root_pss_mib: float = 0.0
     cpu_ms_per_msg_all: float = 0.0  # over every session of the run, warm-up included
+    kernel_share: float = 0.0  # system / (user + system) CPU over the whole run (context switches, syscalls)
 
 
 def ensure_spf_engine() -> Path:
@@ -228,6 +229,7 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
             wait_port(port, proc)
             cases, dead = with_dead_dns(world.cases if cases is None else cases, scenario.dead_fraction)
             cpu_before = procs.cpu_seconds(proc.pid)
+            split_before = procs.cpu_split(proc.pid)
             # CPU at the end of the warm-up (run_load's measured window starts then), so a hot
             # scenario's CPU per message is not the cache being filled.
             cpu_at_warm: list = []
@@ -256,6 +258,7 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
             warm_timer.cancel()
             warm_timer.join()
             cpu_end = procs.cpu_seconds(proc.pid)
+            split_end = procs.cpu_split(proc.pid)
             if profiler is not None:
                 profiler.wait(timeout=warmup + seconds + 60)
         finally:
@@ -268,6 +271,7 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
     dns_stats = json.loads(stats_path.read_text()) if stats_path.exists() else {"queries": 0}
     total_sessions = stats.sessions + stats.warmup_sessions
     cpu_all = 1000 * (cpu_end - cpu_before) / total_sessions if total_sessions else 0.0
+    user, system = (end - start for start, end in zip(split_before, split_end))
     cpu_measured = 1000 * (cpu_end - cpu_at_warm[0]) / stats.sessions if cpu_at_warm and stats.sessions else cpu_all
     m = Measurement(
         milter=milter, scenario=scenario.name, msgs_per_s=stats.msgs_per_s, p50_ms=stats.p50_ms,
@@ -280,7 +284,8 @@ def measure(milter: str, scenario: Scenario, world, paths, workdir: Path, second
         cpu_ms_per_msg=cpu_measured, cpu_ms_per_msg_all=cpu_all,
         profile=str(profile_path) if profiler is not None else "", concurrency=scenario.concurrency,
         workers=workers, processes=memory.processes, root_rss_mib=memory.root_rss_kib / 1024,
-        root_pss_mib=memory.root_pss_kib / 1024)
+        root_pss_mib=memory.root_pss_kib / 1024,
+        kernel_share=system / (user + system) if user + system else 0.0)
     if dead_stats is not None:
         m.dead_sessions = dead_stats.sessions
         m.dead_max_ms = dead_stats.max_ms
@@ -311,8 +316,8 @@ def render_tables(results: list[Measurement], seconds: float) -> str:
     floor = by.get(("trivial", FLOOR.name))
     lines = [
         "| scenario | milter | msg/s | p50 ms | p99 ms | peak RSS MiB (sum) | peak PSS MiB (sum) | DNS queries/msg "
-        "| queries per distinct name | CPU ms/msg | CPU / floor | errors | wrong |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| queries per distinct name | CPU ms/msg | CPU / floor | CPU in kernel | errors | wrong |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in SCENARIOS + [FLOOR]:
         for milter in ("spf-engine", "spfmilter", "trivial"):
@@ -323,8 +328,8 @@ def render_tables(results: list[Measurement], seconds: float) -> str:
                           if floor and floor.cpu_ms_per_msg else "-")
             lines.append(f"| {scenario.name} | {milter} | {m.msgs_per_s:.0f} | {m.p50_ms:.1f} | {m.p99_ms:.1f} | "
                          f"{m.peak_rss_mib:.0f} | {m.peak_pss_mib:.0f} | {m.queries_per_msg:.2f} | "
-                         f"{m.queries_per_name:.2f} | {m.cpu_ms_per_msg:.2f} | {over_floor} | {m.errors} | "
-                         f"{m.mismatches} |")
+                         f"{m.queries_per_name:.2f} | {m.cpu_ms_per_msg:.2f} | {over_floor} | "
+                         f"{100 * m.kernel_share:.0f} % | {m.errors} | {m.mismatches} |")
     lines += ["", "| scenario | msg/s ratio (spfmilter / spf-engine) | p99 ratio (spfmilter / spf-engine) "
                   "| CPU ratio (spfmilter / spf-engine) |", "|---|---|---|---|"]
     for scenario in SCENARIOS:

@@ -276,3 +276,19 @@ def test_profile_inclusive_shares_by_function_name():
     assert report.profile_reading("cold-c1-0ms", {"a.b": 0.425, "none": 0.0}) == \
         "In cold-c1-0ms, share of the samples inside: `a.b` 42 %."
     assert report.profile_reading("x", {"none": 0.0}) == ""
+
+
+def test_cpu_split_adds_up_to_cpu_seconds_and_sees_user_time():
+    import os
+    import time
+
+    from bench import procs
+
+    user_before, system_before = procs.cpu_split(os.getpid())
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # burn user CPU in this process
+        pass
+    user, system = procs.cpu_split(os.getpid())
+    assert user - user_before >= 0.2
+    total = procs.cpu_seconds(os.getpid())
+    assert abs((user + system) - total) < 0.05
