@@ -32,6 +32,7 @@ DEAD_KEEP = 0.90  # "others keep their rate": this share of the rate without dea
 # Scenario names (bench/run.py SCENARIOS) the goals read.
 COLD_C64, COLD_C1, HOT_C64, HOT_C1, DEAD = "cold-c64-5ms", "cold-c1-0ms", "c64-5ms", "c1-0ms", "c64-5ms-dead-dns"
 FLOOR = "floor-c1-0ms"
+CEILING = "ceiling-c64-5ms"  # the trivial milter under the c64-5ms load: the most this machine can show
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,10 @@ def _added(result) -> str:
 
 # --- the goals ----------------------------------------------------------------------------------
 
-def _rate_goal(by: dict, scenario: str, target: float, title: str, extra: str = "") -> GoalRow:
+def _rate_goal(by: dict, scenario: str, target: float, title: str, extra: str = "",
+               more_workers: Sequence = ()) -> GoalRow:
+    """msg/s against spf-engine's; ``more_workers``: spfmilter's runs of the scenario with other
+    ``workers`` settings, which can meet the goal too (the row says which did)."""
     ours, theirs = by.get(("spfmilter", scenario)), by.get(("spf-engine", scenario))
     if ours is None or theirs is None or not theirs.msgs_per_s:
         return GoalRow(title, "-", NOT_MEASURED, f"run the {scenario} scenario")
@@ -100,14 +104,29 @@ def _rate_goal(by: dict, scenario: str, target: float, title: str, extra: str = 
     correct = not ours.errors and not ours.mismatches
     measured = (f"{ratio:.2f}× ({ours.msgs_per_s:.0f} / {theirs.msgs_per_s:.0f} msg/s); "
                 f"{ours.errors} errors, {ours.mismatches} wrong")
+    best = None
+    for m in more_workers:
+        m_ratio = m.msgs_per_s / theirs.msgs_per_s
+        measured += (f"; workers = {m.workers}: {m_ratio:.2f}× ({m.msgs_per_s:.0f} msg/s), "
+                     f"{m.errors} errors, {m.mismatches} wrong")
+        if not m.errors and not m.mismatches and m_ratio >= target and best is None:
+            best = m
     notes = []
-    if ratio < target:
+    if best is not None:
+        notes.append(f"met with workers = {best.workers}, not with one worker")
+    elif ratio < target:
         notes.append(_ceiling(ours, target * theirs.msgs_per_s))
+    ceiling = by.get(("trivial", CEILING))
+    if ratio < target and best is None and ceiling is not None and ceiling.msgs_per_s:
+        notes.append(f"the trivial milter, which does nothing, reaches {ceiling.msgs_per_s:.0f} msg/s under this "
+                     f"load on this machine (load client and DNS server on the same cores), i.e. "
+                     f"{ceiling.msgs_per_s / theirs.msgs_per_s:.2f}× spf-engine: the most any milter can show here")
     if not correct:
         notes.append("some sessions failed or got a wrong answer")
     if extra:
         return GoalRow(title, measured, NOT_MEASURED, extra)
-    return GoalRow(title, measured, _ok(ratio >= target and correct), "; ".join(n for n in notes if n))
+    met = (ratio >= target and correct) or best is not None
+    return GoalRow(title, measured, _ok(met), "; ".join(n for n in notes if n))
 
 
 def _cpu_goal(by: dict, scenario: str, target: float, title: str, note: str) -> GoalRow:
@@ -209,13 +228,16 @@ def _correct_goal(results: Sequence) -> GoalRow:
 def goal_rows(results: Sequence, e2e: Optional[Sequence], facts: Facts) -> list:
     """One row per goal of issue 15: what was measured and whether the goal is met."""
     by = main_runs(results)
+    cold_workers = [m for m in results if m.milter == "spfmilter" and m.scenario == COLD_C64
+                    and getattr(m, "workers", "1") != "1"]
     small = (f"the cold world has {facts.cold_domains} domains; the goal is for ≥ {GOAL_COLD_DOMAINS}"
              if facts.cold_domains < GOAL_COLD_DOMAINS else "")
     e2e = e2e or []
     return [
         _rate_goal(by, COLD_C64, GOAL_COLD_RATIO,
                    f"Cold cache (≥ {GOAL_COLD_DOMAINS} sender domains, each new), c=64, 5 ms DNS: "
-                   f"≥ {GOAL_COLD_RATIO:.0f}× spf-engine's msg/s, correct on every session", extra=small),
+                   f"≥ {GOAL_COLD_RATIO:.0f}× spf-engine's msg/s, correct on every session", extra=small,
+                   more_workers=cold_workers),
         _cpu_goal(by, COLD_C1, GOAL_CPU_COLD,
                   f"CPU per message, cold cache, c=1: ≤ {GOAL_CPU_COLD}× the floor (a trivial pymilter milter)",
                   "the profiles of the cold scenarios below show where the time goes"),
@@ -374,7 +396,9 @@ def scenario_text(cold_domains: int, zipf_domains: int, hot_domains: int, second
         "sessions in flight it is mostly threads handing Python's GIL to one another (futex waits and wake-ups, "
         "context switches), which `perf record -e cpu-clock -g` on the milter shows. The floor is bench/trivial_milter.py, a pymilter milter that only adds one "
         "header, at c=1: its msg/s is bounded by a delayed-ACK stall, since unlike spfmilter it leaves Nagle on; "
-        "only its CPU counts.")
+        "only its CPU counts. `ceiling-c64-5ms` is the same trivial milter under the c64-5ms load: the rate the "
+        "load client and the DNS server, on the same cores, leave room for, i.e. the most any milter can show on "
+        "this machine.")
 
 
 PROFILE_TEXT = (
