@@ -96,12 +96,12 @@ class TtlCache:
     def __init__(self, size: int, clock: Callable[[], float] = time.monotonic):
         self._size = size
         self._clock = clock
-        self._data: collections.OrderedDict[tuple[str, str], tuple[float, Answer]] = collections.OrderedDict()
+        self._data: collections.OrderedDict[tuple[str, str], tuple[float, Any]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[str, str]) -> Optional[Answer]:
+    def get(self, key: tuple[str, str]) -> Any:
         with self._lock:
             entry = self._data.pop(key, None)  # put back below, as the most recently used, unless expired
             if entry is None or entry[0] <= self._clock():
@@ -111,14 +111,26 @@ class TtlCache:
             self.hits += 1
             return entry[1]
 
-    def put(self, key: tuple[str, str], value: Answer, ttl: float) -> None:
-        if self._size <= 0 or ttl <= 0:
+    def put(self, key: tuple[str, str], value: Any, ttl: float) -> None:
+        self.put_until(key, value, self._clock() + ttl)
+
+    def put_until(self, key: tuple[str, str], value: Any, expiry: float) -> None:
+        """Keep ``value`` until ``expiry`` (this cache's clock)."""
+        if self._size <= 0 or expiry <= self._clock():
             return
         with self._lock:
-            self._data[key] = (self._clock() + ttl, value)
+            self._data[key] = (expiry, value)
             self._data.move_to_end(key)
             while len(self._data) > self._size:
                 self._data.popitem(last=False)
+
+    def expiry(self, key: tuple[str, str]) -> Optional[float]:
+        """When ``key``'s entry expires (the cache's clock); None when there is none or it has."""
+        with self._lock:
+            entry = self._data.get(key)
+        if entry is None or entry[0] <= self._clock():
+            return None
+        return entry[0]
 
     def __len__(self) -> int:
         return len(self._data)
@@ -154,11 +166,26 @@ class DnsClient:
         if transport and isinstance(resolver, dns.resolver.Resolver):
             self._source = DirectTransport.from_resolver(resolver) or self._source
         self._clock = clock
-        self._event = on_event  # "query", "cache-hit", "timeout", "server-failure" (for metrics)
+        # "query", "cache-hit", "result-hit", "timeout", "server-failure" (for metrics)
+        self._event = on_event
         self.cache = TtlCache(cache_size, clock)
+        # SPF results keyed by (client address, domain), each living as long as the first of
+        # the DNS answers it used (verify.Verifier fills it): a hot cache then skips pyspf.
+        self.spf_results: TtlCache = TtlCache(cache_size, clock)
         self.queries = 0  # upstream queries sent (for tests and the benchmark)
         self._lock = threading.Lock()
         self._flights: dict[tuple[str, str], _Flight] = {}
+
+    def cached_result(self, key: tuple[str, str]) -> Any:
+        """The SPF result cached for ``key`` (see :attr:`spf_results`), or None."""
+        found = self.spf_results.get(key)
+        if found is not None:
+            self._event("result-hit")
+        return found
+
+    def expiry(self, name: str, qtype: str) -> Optional[float]:
+        """When the cached answer for ``name``/``qtype`` expires (this client's clock), or None."""
+        return self.cache.expiry((name.lower().rstrip("."), qtype))
 
     def lookup(self, name: str, qtype: str, deadline: float) -> Answer:
         """Answer for ``name``/``qtype``; raise DnsTempError when it cannot be had in time.
@@ -170,7 +197,7 @@ class DnsClient:
             raise ValueError(f"unsupported query type {qtype}")
         key = (name.lower().rstrip("."), qtype)
         while True:  # ends: every pass returns, raises, or waited for a leader that gave up
-            cached = self.cache.get(key)
+            cached: Optional[Answer] = self.cache.get(key)
             if cached is not None:
                 self._event("cache-hit")
                 if cached.failure:

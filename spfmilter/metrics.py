@@ -62,7 +62,7 @@ class PrometheusMetrics(Metrics):
                                   buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30), registry=registry)
         self._action = Counter("spfmilter_actions", "What was done with each transaction; would-* in "
                                "header-only mode", ["action"], registry=registry)
-        self._dns = Counter("spfmilter_dns_events", "DNS lookups: upstream queries, cache hits, time-outs, "
+        self._dns = Counter("spfmilter_dns_events", "DNS lookups: upstream queries, cache hits, SPF results reused, time-outs, "
                             "server failures", ["event"], registry=registry)
         self._srs = Counter("spfmilter_srs", "SRS: senders rewritten, bounces reversed, forged bounces refused",
                             ["operation"], registry=registry)

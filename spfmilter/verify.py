@@ -71,6 +71,8 @@ class _Query(spf.query):
         super().__init__(ip, sender, helo, receiver=receiver, querytime=0)
         self._client = client
         self._deadline = deadline
+        self.looked_up: list[tuple[str, str]] = []  # every DNS lookup made, for the result cache
+        self.uses_macros = False  # a TXT answer held "%" or "exp=": the result may depend on the sender
 
     def dns(self, name: str, qtype: str, cnames: Optional[dict] = None, ignore_void: bool = False) -> list:
         """Look ``name`` up; count void lookups as RFC 7208 section 4.6.4 asks."""
@@ -82,6 +84,10 @@ class _Query(spf.query):
             answer = self._client.lookup(name, qtype, self._deadline)
         except DnsTempError as exc:
             raise spf.TempError(str(exc)) from None
+        self.looked_up.append((name, qtype))
+        if qtype == "TXT" and not self.uses_macros:
+            self.uses_macros = any(b"%" in chunk or b"exp=" in chunk.lower() for value in answer.values
+                                   for chunk in value)
         result = list(answer.values)
         if not result and not ignore_void:
             self.void_lookups += 1
@@ -166,6 +172,9 @@ class Verifier:
         """``query_factory(identity, *query_args)`` builds the pyspf query of each check
         (``spfmilter explain`` passes one that records every step); default :class:`_Query`."""
         self._client = client
+        # SPF results are cached next to the DNS answers they came from (DnsClient.spf_results),
+        # except when a query factory traces the steps (explain must see them).
+        self._results = getattr(client, "spf_results", None) if query_factory is None else None
         self._make_query = query_factory or (lambda identity, *args: _Query(*args))
         self._receiver = receiver
         self._budget = budget
@@ -202,6 +211,11 @@ class Verifier:
         if not is_spf_domain(address.domain):
             return SpfOutcome(identity, SpfResult.NONE, address.domain, sender,
                               problem="sender domain is not a valid domain name")
+        key = (ip, address.domain.lower())
+        if self._results is not None:
+            cached: Optional[SpfOutcome] = self._client.cached_result(key)  # type: ignore[attr-defined]
+            if cached is not None:
+                return replace(cached, identity=identity, domain=address.domain, sender=sender)
         local = address.local or "postmaster"  # RFC 7208 section 4.3
         try:
             query = self._make_query(identity, ip, f"{local}@{address.domain}", helo, self._client, deadline,
@@ -222,10 +236,35 @@ class Verifier:
         matched = spf_result in (SpfResult.PASS, SpfResult.FAIL, SpfResult.SOFTFAIL, SpfResult.NEUTRAL)
         errored = spf_result in (SpfResult.PERMERROR, SpfResult.TEMPERROR)
         own_exp = spf_result is SpfResult.FAIL and explanation and explanation != query.defexps.get("fail")
-        return SpfOutcome(identity, spf_result, address.domain, sender,
-                          mechanism=_mechanism_text(getattr(query, "mechanism", None)) if matched else None,
-                          explanation=explanation if own_exp else None,
-                          problem=getattr(query, "prob", None) if errored else None)
+        outcome = SpfOutcome(identity, spf_result, address.domain, sender,
+                             mechanism=_mechanism_text(getattr(query, "mechanism", None)) if matched else None,
+                             explanation=explanation if own_exp else None,
+                             problem=getattr(query, "prob", None) if errored else None)
+        if self._results is not None and spf_result is not SpfResult.TEMPERROR:
+            self._remember(key, query, outcome)
+        return outcome
+
+    def _remember(self, key: tuple[str, str], query: spf.query, outcome: SpfOutcome) -> None:
+        """Cache ``outcome`` of check_host(ip, domain) while every DNS answer it used is cached.
+
+        Without macros (RFC 7208 section 7) the result of check_host() depends only on the
+        client address, the domain and the DNS answers, not on the sender's local part or
+        the HELO name, so it can be reused for any sender of the domain from that address
+        until the first of those answers expires (their TTLs, RFC 7208 section 4.4 and
+        RFC 1035).  A record with a macro or an ``exp=`` (whose text may hold macros), an
+        answer not cached (no TTL, e.g. NXDOMAIN without an SOA), or a lookup not made
+        through our client (a traced query) leaves the result uncached.
+        """
+        looked_up = getattr(query, "looked_up", None)
+        if not looked_up or getattr(query, "uses_macros", True) or outcome.explanation or self._results is None:
+            return
+        expiry = getattr(self._client, "expiry", None)
+        if expiry is None:
+            return
+        ends = [expiry(name, qtype) for name, qtype in looked_up]
+        if None in ends:
+            return
+        self._results.put_until(key, outcome, min(ends))
 
 
 class Checks:

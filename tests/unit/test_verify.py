@@ -640,3 +640,101 @@ def test_checks_share_one_budget():
         # a new transaction has a new budget
         fresh = Verifier(client_for(slow), receiver="mx.test", budget=0.5).checks()
         assert fresh.mailfrom(CLIENT, "fine.slow.example", "erin@fine.slow.example").result is R.PASS
+
+
+# ---------------------------------------------------------------------------
+# the SPF result cache (DnsClient.spf_results): reuse while the DNS answers are cached
+# ---------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def rc_server():
+    with DNSServer("127.0.0.1") as server:
+        server.add("plain.rc.example", "TXT", "v=spf1 include:_spf.rc.example -all", ttl=600)
+        server.add("_spf.rc.example", "TXT", "v=spf1 ip4:192.0.2.0/24 -all", ttl=120)
+        server.add("macro.rc.example", "TXT", "v=spf1 exists:%{l}.allow.rc.example -all", ttl=600)
+        server.add("alice.allow.rc.example", "A", "127.0.0.2", ttl=600)
+        server.add("exp.rc.example", "TXT", "v=spf1 -all exp=why.rc.example", ttl=600)
+        server.add("why.rc.example", "TXT", "%{l} may not send", ttl=600)
+        yield server
+
+
+def cached_verifier(server, clock):
+    client = DnsClient(make_resolver((DnsServer("127.0.0.1", server.port),)), 1000, clock=clock)
+    return Verifier(client, receiver="mx.test", budget=5.0, clock=clock), client
+
+
+def test_a_result_is_reused_for_another_sender_of_the_domain_without_dns(rc_server):
+    clock = Clock()
+    verifier, client = cached_verifier(rc_server, clock)
+    _, first = verifier.verify(CLIENT, "mx.client.example", "alice@plain.rc.example")
+    sent = client.queries
+    _, second = verifier.verify(CLIENT, "mx.client.example", "bob@Plain.rc.example")
+    assert client.queries == sent
+    assert len(client.spf_results) >= 1
+    assert (first.result, first.mechanism) == (second.result, second.mechanism) == (R.PASS, "include:_spf.rc.example")
+    assert (second.sender, second.domain, second.identity) == ("bob@Plain.rc.example", "Plain.rc.example",
+                                                               Identity.MAILFROM)
+    _, other_ip = verifier.verify("198.51.100.1", "mx.client.example", "bob@plain.rc.example")
+    assert other_ip.result is R.FAIL  # the key is (client address, domain)
+
+
+def test_the_result_expires_with_the_first_dns_answer_it_used(rc_server):
+    clock = Clock()
+    verifier, client = cached_verifier(rc_server, clock)
+    assert verifier.verify(CLIENT, "mx.client.example", "a@plain.rc.example")[1].result is R.PASS
+    rc_server.remove("_spf.rc.example")
+    rc_server.add("_spf.rc.example", "TXT", "v=spf1 -all", ttl=120)
+    clock.now += 119  # the include's 120 s TTL has not run out: cached
+    assert verifier.verify(CLIENT, "mx.client.example", "b@plain.rc.example")[1].result is R.PASS
+    clock.now += 2  # now it has: the include is asked again, the new record decides
+    assert verifier.verify(CLIENT, "mx.client.example", "c@plain.rc.example")[1].result is R.FAIL
+
+
+@pytest.mark.parametrize("domain, first_sender, second_sender, results", [
+    ("macro.rc.example", "alice", "bob", (R.PASS, R.FAIL)),  # %{l}: the local part decides
+    ("exp.rc.example", "alice", "bob", (R.FAIL, R.FAIL)),  # exp= text with a macro: explained per sender
+])
+def test_records_with_macros_are_evaluated_for_every_sender(rc_server, domain, first_sender, second_sender,
+                                                            results):
+    clock = Clock()
+    verifier, client = cached_verifier(rc_server, clock)
+    _, first = verifier.verify(CLIENT, "mx.client.example", f"{first_sender}@{domain}")
+    _, second = verifier.verify(CLIENT, "mx.client.example", f"{second_sender}@{domain}")
+    assert (first.result, second.result) == results
+    assert client.spf_results.get((CLIENT, domain)) is None
+    if domain.startswith("exp"):
+        assert (first.explanation, second.explanation) == ("alice may not send", "bob may not send")
+
+
+def test_a_temporary_error_is_not_cached(rc_server):
+    clock = Clock()
+    verifier, client = cached_verifier(rc_server, clock)
+    rc_server.add("flaky.rc.example", "TXT", "v=spf1 include:down.rc.example -all")
+    rc_server.fault("down.rc.example", "servfail")
+    assert verifier.verify(CLIENT, "mx.client.example", "a@flaky.rc.example")[1].result is R.TEMPERROR
+    assert client.spf_results.get((CLIENT, "flaky.rc.example")) is None
+
+
+def test_explain_traces_are_never_served_from_the_cache(rc_server):
+    clock = Clock()
+    client = DnsClient(make_resolver((DnsServer("127.0.0.1", rc_server.port),)), 1000, clock=clock)
+    Verifier(client, receiver="mx.test", budget=5.0, clock=clock).verify(CLIENT, "h.example", "a@plain.rc.example")
+    made = []
+
+    def factory(identity, *args):
+        made.append(identity)
+        from spfmilter.verify import _Query
+        return _Query(*args)
+
+    traced = Verifier(client, receiver="mx.test", budget=5.0, clock=clock, query_factory=factory)
+    traced.verify(CLIENT, "h.example", "b@plain.rc.example")
+    assert Identity.MAILFROM in made  # evaluated, not answered from the cache
