@@ -623,7 +623,9 @@ KEYS: tuple[Key, ...] = (
         "DNS servers to ask (IP, IP:PORT or [IPv6]:PORT, comma-separated). Default: /etc/resolv.conf.",
         shown="/etc/resolv.conf"),
     Key("dns_cache_size", parse_cache_size, "10000",
-        "Number of DNS answers kept in the in-process cache (TTL honoured). 0 turns the cache off."),
+        "Number of DNS answers kept in the in-process cache (TTL honoured), and of SPF results: a result for "
+        "a client address and domain is reused while every DNS answer it came from is cached (records with "
+        "macros are evaluated for every sender). 0 turns both off."),
     Key("on_error", _enum_parser(ErrorAction), "tempfail",
         "Answer when the milter hits an internal error: `tempfail` or `accept`."),
     Key("workers", parse_workers, "1",
