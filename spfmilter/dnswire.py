@@ -51,7 +51,7 @@ _RR = struct.Struct("!HHIH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 # A label dnspython would print as it is: printable ASCII without the characters it escapes.
-_PLAIN_LABEL = re.compile(r'[!#%&\'*+,\-/0-9:<=>?A-Z\[\]^_`a-z{|}~]+\Z')
+_PLAIN_LABEL = re.compile(rb'[!#%&\'*+,\-/0-9:<=>?A-Z\[\]^_`a-z{|}~]+')
 
 
 class Unusual(Exception):
@@ -125,16 +125,9 @@ def _name(wire: bytes, pos: int) -> tuple[str, int]:
             continue
         if size > 63:
             raise Unusual("label type")
-        label = wire[pos + 1:pos + 1 + size]
-        if len(label) != size:
-            raise Unusual("short label")
-        try:
-            text = label.decode("ascii")
-        except UnicodeDecodeError:
-            raise Unusual("label bytes") from None
-        if not _PLAIN_LABEL.match(text):
-            raise Unusual("label characters")
-        labels.append(text)
+        if not _PLAIN_LABEL.fullmatch(wire, pos + 1, pos + 1 + size) or pos + 1 + size > len(wire):
+            raise Unusual("label characters")  # or cut short by the end of the message
+        labels.append(wire[pos + 1:pos + 1 + size].decode("ascii"))
         length += size + 1
         pos += size + 1
     if not labels or length + 1 > 255:
