@@ -278,16 +278,18 @@ def decode(wire: bytes, qid: int, qname: bytes, qtype: int) -> Union[Reply, str,
 
 def _chain(records: list, soas: list, name: str, qtype: int) -> Reply:
     """Follow CNAMEs from ``name`` to the ``qtype`` records (RFC 1034 section 3.6.2)."""
+    owners: dict = {}
+    for owner, rtype, ttl_, value in records:
+        owners.setdefault((owner, rtype), []).append((ttl_, value))
     ttl = 0x7FFFFFFF
     for _ in range(MAX_CHAIN):
-        values = [value for owner, rtype, _, value in records if owner == name and rtype == qtype]
-        if values:
-            ttl = min([ttl] + [t for owner, rtype, t, _ in records if owner == name and rtype == qtype])
-            keys = [_key(v) for v in values]
-            if len(set(keys)) != len(keys):
+        found = owners.get((name, qtype))
+        if found:
+            values = tuple(value for _, value in found)
+            if len(found) > 1 and len({_key(v) for v in values}) != len(values):
                 raise Unusual("duplicate records")  # dnspython merges them into one RRset
-            return Reply(NOERROR, tuple(values), float(ttl))
-        cnames = [(t, value) for owner, rtype, t, value in records if owner == name and rtype == _CNAME]
+            return Reply(NOERROR, values, float(min(ttl, min(t for t, _ in found))))
+        cnames = owners.get((name, _CNAME))
         if not cnames:
             break
         if len(cnames) > 1:
