@@ -315,3 +315,22 @@ def test_cpu_split_adds_up_to_cpu_seconds_and_sees_user_time():
     assert (user - user_before) + (system - system_before) >= 0.25
     total = procs.cpu_seconds(os.getpid())
     assert abs((user + system) - total) < 0.05
+
+
+def test_the_floor_sets_tcp_nodelay_on_listening_sockets_only():
+    import socket
+
+    from bench.trivial_milter import set_nodelay_on_listener
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    idle = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        set_nodelay_on_listener()
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert idle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # not listening: left alone
+    finally:
+        listener.close()
+        idle.close()
