@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, replace
-from functools import reduce
+from functools import lru_cache, reduce
 from typing import Callable, Optional
 
 import spf
@@ -148,6 +148,7 @@ def parse_envelope_address(raw: str) -> Address:
     return Address(local, domain.rstrip("."))
 
 
+@lru_cache(maxsize=4096)  # pure, and asked for the same names over and over (hot path)
 def is_spf_domain(domain: str) -> bool:
     """RFC 7208 section 4.3: only a multi-label, well-formed domain name is checked."""
     if not is_hostname(domain) or "." not in domain.rstrip("."):
@@ -156,6 +157,7 @@ def is_spf_domain(domain: str) -> bool:
     return not top.isdigit()  # "192.0.2.1" is an address, not a domain
 
 
+@lru_cache(maxsize=4096)  # pure; the same client addresses come back
 def normalise_ip(text: str) -> str:
     """Client address as text, with IPv4-mapped IPv6 turned back into IPv4."""
     address = ipaddress.ip_address(text.split("%", 1)[0])
