@@ -167,7 +167,7 @@ def start_spfmilter(workdir: Path, dns_port: int, tag: str, workers: str = "1", 
     socket_spec = f"unix:{unix_path}" if unix_path else f"inet:{port}@127.0.0.1"
     conf.write_text(
         f"socket = {socket_spec}\nauthserv_id = mx.test\ndns_servers = 127.0.0.1:{dns_port}\n"
-        f"trusted_networks =\nworkers = {workers}\ndns_timeout = {budget}\nlog_level = warning\n")
+        f"trusted_networks =\nworkers = {workers}\ndns_timeout = {budget}\nlog_level = info\n")
     proc = subprocess.Popen([sys.executable, "-m", "spfmilter", "-c", str(conf)], cwd=str(ROOT),
                             stdout=subprocess.DEVNULL, stderr=open(workdir / f"spfmilter-{tag}.log", "wb"))
     return proc, port
