@@ -42,34 +42,47 @@ DRAIN_TIMEOUT = 60.0  # longer than Postfix's default milter_content_timeout wou
 
 
 class Sessions:
-    """Counts connections in flight so shutdown can wait for them."""
+    """Counts connections in flight so shutdown can wait for them.
+
+    ``opened``/``closed`` run for every connection, so they only take the lock and wake
+    anyone only when someone waits (shutdown does, rarely)."""
 
     def __init__(self):
         self._count = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._waiting = 0
 
     def opened(self) -> None:
-        with self._cond:
+        with self._lock:
             self._count += 1
-            self._cond.notify_all()
+            if self._waiting:
+                self._changed.notify_all()
 
     def closed(self) -> None:
-        with self._cond:
+        with self._lock:
             self._count -= 1
-            self._cond.notify_all()
+            if self._waiting:
+                self._changed.notify_all()
 
     @property
     def count(self) -> int:
         return self._count
 
+    def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        with self._lock:
+            self._waiting += 1
+            try:
+                return self._changed.wait_for(predicate, timeout)
+            finally:
+                self._waiting -= 1
+
     def wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._count <= 0, timeout)
+        return self._wait(lambda: self._count <= 0, timeout)
 
     def wait_busy(self, timeout: float) -> bool:
         """True as soon as a session is open; False if none opened within ``timeout``."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._count > 0, timeout)
+        return self._wait(lambda: self._count > 0, timeout)
 
 
 def register(factory: Callable[[], "Milter.Base"], sessions: Sessions) -> None:
