@@ -155,3 +155,16 @@ def test_report_reads_mail_log_and_journalctl_lines(prefix, day):
 def test_journal_command():
     assert journal_command(None) == ["journalctl", "-u", "spfmilter", "-o", "short-iso", "--no-pager"]
     assert journal_command(date(2026, 12, 1))[-2:] == ["--since", "2026-12-01"]
+
+
+def test_the_stamp_formatter_writes_what_the_standard_one_does_across_seconds():
+    import logging
+
+    from spfmilter.cli import StampFormatter
+
+    fmt = "%(asctime)s spfmilter[%(process)d]: %(levelname)s: %(message)s"
+    ours, standard = StampFormatter(fmt), logging.Formatter(fmt)
+    record = logging.LogRecord("spfmilter", logging.INFO, "", 0, "Pass; identity=%s", ("mailfrom",), None)
+    for created in (1764800000.001, 1764800000.999, 1764800001.5, 1764800001.25, 1764803600.0, 1764800000.5):
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == standard.format(record)
