@@ -69,7 +69,7 @@ from tests.support.postfix import (
     wait_smtp_greeting,
 )
 
-__all__ = ["BenchError", "Result", "SmtpSink", "XclientProxy", "main", "measure", "reply_complete", "source_argv"]
+__all__ = ["BenchError", "Result", "SmtpSink", "XclientProxy", "main", "added_ms", "measure", "reply_complete", "source_argv"]
 
 
 class BenchError(RuntimeError):
@@ -328,6 +328,17 @@ class XclientProxy:
         self._selector.close()
         for sock in (self.listener, self._wake_r, self._wake_w):
             sock.close()
+
+
+def added_ms(rate: float, base_rate: float, sessions: int) -> float:
+    """Time per message a setup adds to the base run, from two closed-loop rates.
+
+    With ``sessions`` connections always open, each message spends sessions / rate seconds in
+    the system (Little's law); the difference to the base run is what the setup adds.  For one
+    session this is 1/rate - 1/base_rate."""
+    if rate <= 0 or base_rate <= 0:
+        raise ValueError("rates must be positive")
+    return 1000.0 * sessions * (1.0 / rate - 1.0 / base_rate)
 
 
 def source_argv(path: str, port: int, count: int, sessions: int, sender: str, recipient: str, helo: str,

@@ -371,7 +371,7 @@ def run_e2e(workdir: Path, world, paths, messages: int, sessions: int = E2E_SESS
     ``added_ms`` of each row is the time per message it adds to the no-milter run: with
     ``sessions`` connections always open, a message spends sessions / rate in the system
     (Little's law), so added = sessions * (1/rate - 1/rate without)."""
-    from bench.postfix_e2e import measure as e2e_measure
+    from bench.postfix_e2e import added_ms, measure as e2e_measure
     from tests.support.milterclient import wait_ready
 
     # A passing case, presented to Postfix with XCLIENT so spfmilter really checks it.
@@ -421,8 +421,7 @@ def run_e2e(workdir: Path, world, paths, messages: int, sessions: int = E2E_SESS
         procs.stop(dns_proc)
     base = results[0][1]
     for _, result in results[1:]:
-        if result.msgs_per_s and base.msgs_per_s:
-            result.added_ms = 1000 * sessions * (1 / result.msgs_per_s - 1 / base.msgs_per_s)
+        result.added_ms = added_ms(result.msgs_per_s, base.msgs_per_s, sessions)
     return results
 
 
