@@ -1,7 +1,7 @@
 """End-to-end message rate through a private Postfix: smtp-source -> Postfix (+ milter) -> smtp-sink.
 
     python -m bench.postfix_e2e --messages 500 [--sessions 1] [--milter inet:127.0.0.1:8890]
-                                [--xclient-addr 192.0.2.7] [--size 1000] [--json]
+                                [--xclient-addr 192.0.2.7] [--size 1000] [--reuse-connections] [--json]
 
 What runs (Debian's Postfix tools, everything on 127.0.0.1, no DNS):
 
@@ -12,8 +12,14 @@ What runs (Debian's Postfix tools, everything on 127.0.0.1, no DNS):
   disabled for the SMTP client, empty client restrictions, relaying permitted for every
   client (``check_client_access static:OK``), and the milter (if any) in
   ``smtpd_milters`` with ``milter_protocol = 6``; ``extra_main_cf`` overrides any of it;
-* ``smtp-source -d -s SESSIONS -m MESSAGES`` submits: each session is one connection
-  that sends its share of the messages back to back (``-d``), HELO ``mx.example.net``.
+* ``smtp-source -s SESSIONS -m MESSAGES`` submits, HELO ``mx.example.net``: SESSIONS
+  connections are open at a time and each carries one message (connect, HELO, MAIL, RCPT,
+  DATA, QUIT), as an MX sees most of its traffic; with ``reuse_connections``
+  (``--reuse-connections``, smtp-source ``-d``) each session instead sends its share of
+  the messages back to back over one connection, which hides the per-connection cost
+  (smtpd's and the milter's connect and close, XCLIENT).
+* ``extra_master_cf`` adds services to master.cf (``postconf -M`` entries), e.g. a
+  ``spawn(8)`` policy service for ``check_policy_service``.
 
 The rate is MESSAGES divided by the time from starting smtp-source until smtp-sink has
 counted the last of them (after a small untimed warm-up, so process start-up is not
@@ -30,6 +36,10 @@ smtp-source talks to a small in-process proxy that opens each Postfix connection
 proxy costs a little, so compare runs made with the same setting).  The milter must
 resolve the sender domain (``--sender``, default ``bench@example.org``) through DNS the
 caller controls.
+
+CPU: ``client_cpu_ms_per_msg`` is this process's CPU time (the proxy and the smtp-sink
+reader) per timed message; with ``milter_pid`` given, ``milter_cpu_ms_per_msg`` is the
+user + system time of that process tree per timed message, read from /proc.
 """
 from __future__ import annotations
 
@@ -37,6 +47,7 @@ import argparse
 import json
 import os
 import re
+import selectors
 import shutil
 import socket
 import subprocess
@@ -47,6 +58,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench import procs
 from tests.support.postfix import (
     PostfixError,
     PostfixInstance,
@@ -57,7 +69,7 @@ from tests.support.postfix import (
     wait_smtp_greeting,
 )
 
-__all__ = ["BenchError", "Result", "SmtpSink", "XclientProxy", "main", "measure"]
+__all__ = ["BenchError", "Result", "SmtpSink", "XclientProxy", "main", "added_ms", "measure", "reply_complete", "source_argv"]
 
 
 class BenchError(RuntimeError):
@@ -74,14 +86,21 @@ class Result:
     submit_seconds: float = 0.0  # smtp-source start -> smtp-source done (all accepted by Postfix)
     milter: str | None = None
     xclient_addr: str | None = None
+    reuse_connections: bool = False  # smtp-source -d: all of a session's messages over one connection
+    client_cpu_ms_per_msg: float = 0.0  # this process (XCLIENT proxy, sink reader) per timed message
+    milter_cpu_ms_per_msg: float = 0.0  # the milter_pid process tree, per timed message
+    added_ms: float = 0.0  # filled by the caller: time per message added against the no-milter run
 
     def __str__(self) -> str:
         how = self.milter or "no milter"
+        if self.reuse_connections:
+            how += ", connections reused"
         if self.xclient_addr:
             how += f", XCLIENT {self.xclient_addr}"
         return (f"{self.delivered}/{self.messages} messages, {self.sessions} session(s), {how}: "
                 f"{self.seconds:.2f} s -> {self.msgs_per_s:.0f} msgs/s "
-                f"(submission done after {self.submit_seconds:.2f} s)")
+                f"(submission done after {self.submit_seconds:.2f} s)"
+                + (f", milter CPU {self.milter_cpu_ms_per_msg:.2f} ms/msg" if self.milter_cpu_ms_per_msg else ""))
 
 
 class SmtpSink:
@@ -159,11 +178,34 @@ class SmtpSink:
             stream.close()
 
 
+REPLY_END = re.compile(rb"(?:^|\r\n)\d{3}(?: [^\r\n]*)?\r\n$")
+
+
+def reply_complete(data: bytes) -> bool:
+    """True when ``data`` ends with the last line of an SMTP reply ("250 ..."; "250-" lines continue)."""
+    return REPLY_END.search(data) is not None
+
+
+class _Relay:
+    """One proxied connection: greeting, XCLIENT, then bytes relayed both ways."""
+
+    __slots__ = ("client", "upstream", "state", "buffer", "open_ends")
+
+    def __init__(self, client: socket.socket, upstream: socket.socket):
+        self.client, self.upstream = client, upstream
+        self.state = "greeting"  # -> "xclient" -> "relay"
+        self.buffer = b""
+        self.open_ends = 2  # directions still relaying
+
+
 class XclientProxy:
     """Loopback proxy: opens each upstream SMTP connection with XCLIENT, then relays bytes.
 
     The client (smtp-source) gets Postfix's post-XCLIENT 220 greeting as its greeting and
-    then sends HELO/EHLO itself, as Postfix requires after XCLIENT.
+    then sends HELO/EHLO itself, as Postfix requires after XCLIENT.  One thread serves every
+    connection with a selector (no thread per connection), so the proxy's own CPU time, which
+    the milter and Postfix share the cores with, stays small; ``Result.client_cpu_ms_per_msg``
+    shows it.
     """
 
     def __init__(self, upstream_port: int, addr: str, name: str = "[UNAVAILABLE]"):
@@ -172,100 +214,160 @@ class XclientProxy:
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(128)
+        self.listener.listen(256)
+        self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
         self.errors: list[str] = []
-        self._closing = False
-        self._threads: list[threading.Thread] = []
-        self._accept_thread = threading.Thread(target=self._accept, daemon=True)
-        self._accept_thread.start()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._selector.register(self.listener, selectors.EVENT_READ, None)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._relays: set[_Relay] = set()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
 
-    @staticmethod
-    def _read_reply(sock: socket.socket) -> bytes:
-        data = b""
+    def _loop(self) -> None:
         while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise ConnectionError(f"upstream closed the connection after {data!r}")
-            data += chunk
-            lines = data.split(b"\r\n")
-            if any(re.match(rb"^\d{3}(?: |$)", line) for line in lines[:-1]):
-                return data
+            for key, _ in self._selector.select():
+                if key.fileobj is self._wake_r:
+                    return
+                if key.fileobj is self.listener:
+                    self._accept()
+                else:
+                    self._readable(key.fileobj, key.data)
 
     def _accept(self) -> None:
-        while not self._closing:
+        while True:
             try:
                 client, _ = self.listener.accept()
-            except OSError:
+            except (BlockingIOError, InterruptedError):
                 return
-            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
+            upstream = None
+            try:
+                # Loopback to a listening smtpd: the connect completes at once.  Sockets stay
+                # blocking; reads use MSG_DONTWAIT after the selector says there is data.
+                upstream = socket.create_connection(self.upstream, timeout=60)
+                upstream.settimeout(None)
+                client.setblocking(True)
+                for sock in (client, upstream):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:
+                self.errors.append(f"connect upstream: {type(exc).__name__}: {exc}")
+                for sock in (client, upstream):
+                    if sock is not None:
+                        sock.close()
+                continue
+            relay = _Relay(client, upstream)
+            self._relays.add(relay)
+            self._selector.register(upstream, selectors.EVENT_READ, relay)
 
-    def _serve(self, client: socket.socket) -> None:
-        upstream = None
+    def _readable(self, sock: socket.socket, relay: _Relay) -> None:
         try:
-            upstream = socket.create_connection(self.upstream, timeout=60)
-            for sock in (client, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            greeting = self._read_reply(upstream)
-            if not greeting.startswith(b"220"):
-                client.sendall(greeting)
-                return
-            upstream.sendall(self.command)
-            reply = self._read_reply(upstream)
-            if not reply.startswith(b"220"):
-                self.errors.append(f"XCLIENT refused: {reply.decode(errors='replace').strip()}")
-                client.sendall(b"421 4.3.0 xclient proxy: upstream refused XCLIENT\r\n")
-                return
-            client.sendall(reply)
-            upstream.settimeout(None)
-            back = threading.Thread(target=self._pump, args=(upstream, client), daemon=True)
-            back.start()
-            self._pump(client, upstream)
-            back.join()
+            data = sock.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError as exc:
             self.errors.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            for sock in (client, upstream):
-                if sock is not None:
-                    sock.close()
+            data = b""
+        try:
+            if relay.state == "relay":
+                self._relay(sock, relay, data)
+                return
+            if not data:
+                raise ConnectionError(f"upstream closed the connection after {relay.buffer!r}")
+            relay.buffer += data
+            if not reply_complete(relay.buffer):
+                return
+            reply, relay.buffer = relay.buffer, b""
+            if not reply.startswith(b"220"):
+                if relay.state == "xclient":
+                    self.errors.append(f"XCLIENT refused: {reply.decode(errors='replace').strip()}")
+                    reply = b"421 4.3.0 xclient proxy: upstream refused XCLIENT\r\n"
+                relay.client.sendall(reply)
+                self._close(relay)
+            elif relay.state == "greeting":
+                relay.upstream.sendall(self.command)
+                relay.state = "xclient"
+            else:
+                relay.client.sendall(reply)
+                relay.state = "relay"
+                self._selector.register(relay.client, selectors.EVENT_READ, relay)
+        except OSError as exc:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            self._close(relay)
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _relay(self, sock: socket.socket, relay: _Relay, data: bytes) -> None:
+        other = relay.upstream if sock is relay.client else relay.client
+        if data:
+            other.sendall(data)
+            return
+        # end of one direction: pass it on, stop watching this side
+        self._selector.unregister(sock)
         try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
+            other.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        relay.open_ends -= 1
+        if relay.open_ends == 0:
+            self._close(relay)
+
+    def _close(self, relay: _Relay) -> None:
+        for sock in (relay.client, relay.upstream):
+            try:
+                self._selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            sock.close()
+        self._relays.discard(relay)
 
     def close(self) -> None:
-        self._closing = True
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        self._accept_thread.join(5)
-        for thread in self._threads:
-            thread.join(5)
+        self._wake_w.send(b"x")
+        self._thread.join(5)
+        for relay in list(self._relays):
+            self._close(relay)
+        self._selector.close()
+        for sock in (self.listener, self._wake_r, self._wake_w):
+            sock.close()
+
+
+def added_ms(rate: float, base_rate: float, sessions: int) -> float:
+    """Time per message a setup adds to the base run, from two closed-loop rates.
+
+    With ``sessions`` connections always open, each message spends sessions / rate seconds in
+    the system (Little's law); the difference to the base run is what the setup adds.  For one
+    session this is 1/rate - 1/base_rate."""
+    if rate <= 0 or base_rate <= 0:
+        raise ValueError("rates must be positive")
+    return 1000.0 * sessions * (1.0 / rate - 1.0 / base_rate)
+
+
+def source_argv(path: str, port: int, count: int, sessions: int, sender: str, recipient: str, helo: str,
+                size: int, reuse_connections: bool = False) -> list[str]:
+    """smtp-source's command line: one message per connection unless ``reuse_connections`` (-d)."""
+    return [path, *(["-d"] if reuse_connections else []), "-s", str(sessions), "-m", str(count), "-M", helo,
+            "-f", sender, "-t", recipient, "-l", str(size), f"127.0.0.1:{port}"]
 
 
 def _run_source(port: int, count: int, sessions: int, sender: str, recipient: str, helo: str,
-                size: int, timeout: float) -> subprocess.Popen:
+                size: int, reuse_connections: bool) -> subprocess.Popen:
     path = smtp_source_path()
     if path is None:
         raise BenchError("smtp-source not found (Debian package postfix ships /usr/sbin/smtp-source)")
-    argv = [path, "-d", "-s", str(sessions), "-m", str(count), "-M", helo, "-f", sender,
-            "-t", recipient, "-l", str(size), f"127.0.0.1:{port}"]
+    argv = source_argv(path, port, count, sessions, sender, recipient, helo, size, reuse_connections)
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+class _Postfix(PostfixInstance):
+    """The test suite's private Postfix, with extra master.cf services (``postconf -M`` entries)."""
+
+    def __init__(self, *args, extra_master_cf=(), **kwargs):
+        self.extra_master_cf = list(extra_master_cf)
+        super().__init__(*args, **kwargs)
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        for entry in self.extra_master_cf:
+            self.postconf("-M", entry)
 
 
 def measure(milter: str | None = None, messages: int = 500, sessions: int = 1,
@@ -273,7 +375,8 @@ def measure(milter: str | None = None, messages: int = 500, sessions: int = 1,
             sender: str = "bench@example.org", recipient: str = "sink@example.net",
             helo: str = "mx.example.net", size: int = 1000, warmup: int = 5,
             extra_main_cf: dict | None = None, timeout: float = 300.0,
-            workdir: str | os.PathLike | None = None, keep: bool = False) -> Result:
+            workdir: str | os.PathLike | None = None, keep: bool = False, reuse_connections: bool = False,
+            extra_master_cf=(), milter_pid: int | None = None) -> Result:
     """Run smtp-source -> private Postfix (+ ``milter``) -> smtp-sink once; see the module doc."""
     if messages < 1 or sessions < 1:
         raise ValueError("messages and sessions must be >= 1")
@@ -291,9 +394,9 @@ def measure(milter: str | None = None, messages: int = 500, sessions: int = 1,
         # insists on a reject_unauth_destination in the list, even if it is never reached.)
         main_cf = {"smtpd_relay_restrictions": "check_client_access static:OK, reject_unauth_destination",
                    **(extra_main_cf or {})}
-        inst = PostfixInstance(base / "postfix", relayhost=f"[127.0.0.1]:{sink.port}", mydestination=(),
-                               milters=milter, milter_default_action=milter_default_action,
-                               extra_main_cf=main_cf, name="e2e")
+        inst = _Postfix(base / "postfix", relayhost=f"[127.0.0.1]:{sink.port}", mydestination=(),
+                        milters=milter, milter_default_action=milter_default_action,
+                        extra_main_cf=main_cf, name="e2e", extra_master_cf=extra_master_cf)
         inst.start()
         port = inst.port
         if xclient_addr:
@@ -304,7 +407,8 @@ def measure(milter: str | None = None, messages: int = 500, sessions: int = 1,
             """(started, source done, sink done) perf_counter times."""
             target = sink.count + count
             started = time.perf_counter()
-            source = _run_source(port, count, min(sessions, count), sender, recipient, helo, size, timeout)
+            source = _run_source(port, count, min(sessions, count), sender, recipient, helo, size,
+                                 reuse_connections)
             try:
                 out, err = source.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -329,12 +433,18 @@ def measure(milter: str | None = None, messages: int = 500, sessions: int = 1,
         if warmup:
             run(warmup, "warm-up")
         before = sink.count
+        client_cpu = time.process_time()
+        milter_cpu = procs.cpu_seconds(milter_pid) if milter_pid else 0.0
         started, submitted, done = run(messages, "timed run")
         seconds = done - started
+        client_cpu = time.process_time() - client_cpu
+        milter_cpu = procs.cpu_seconds(milter_pid) - milter_cpu if milter_pid else 0.0
         delivered = sink.count - before
         return Result(msgs_per_s=messages / seconds, seconds=seconds, delivered=delivered, messages=messages,
                       sessions=sessions, submit_seconds=submitted - started, milter=milter,
-                      xclient_addr=xclient_addr)
+                      xclient_addr=xclient_addr, reuse_connections=reuse_connections,
+                      client_cpu_ms_per_msg=1000 * client_cpu / messages,
+                      milter_cpu_ms_per_msg=1000 * milter_cpu / messages)
     except PostfixError as exc:
         raise BenchError(str(exc)) from None
     finally:
@@ -361,6 +471,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=1000, help="message payload bytes (smtp-source -l)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed messages first")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--reuse-connections", action="store_true",
+                        help="send each session's messages over one connection (smtp-source -d); "
+                             "default: one message per connection")
     parser.add_argument("--workdir", help="keep everything here (default: a temporary directory, removed)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
@@ -368,7 +481,8 @@ def main(argv=None) -> int:
         result = measure(milter=args.milter, messages=args.messages, sessions=args.sessions,
                          xclient_addr=args.xclient_addr, milter_default_action=args.milter_default_action,
                          sender=args.sender, recipient=args.recipient, helo=args.helo, size=args.size,
-                         warmup=args.warmup, timeout=args.timeout, workdir=args.workdir)
+                         warmup=args.warmup, timeout=args.timeout, workdir=args.workdir,
+                         reuse_connections=args.reuse_connections)
     except BenchError as exc:
         print(f"postfix_e2e: {exc}", file=sys.stderr)
         return 1

@@ -52,7 +52,10 @@ def _ascii(text: str) -> str:
     SMTPUTF8 messages (RFC 6532 section 3), which we cannot tell apart, and
     authres' parser rejects it.
     """
-    return "".join(char if char < "\x80" else "?" for char in clean(text))
+    text = clean(text)
+    if text.isascii():  # the common case, checked at C speed
+        return text
+    return "".join(char if char < "\x80" else "?" for char in text)
 
 
 def _pvalue(text: str) -> str:

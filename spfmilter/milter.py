@@ -501,9 +501,12 @@ class SpfMilter(Milter.Base):
         evaluation = tx.evaluation
         if evaluation.skip_reason is not None:
             self.service.metrics.action(Action.SKIPPED.value)
-            log.info("%s", hdr.skip_line(evaluation.skip_reason, tx.facts))
+            if log.isEnabledFor(logging.INFO):
+                log.info("%s", hdr.skip_line(evaluation.skip_reason, tx.facts))
             return
         self.service.metrics.action(action.value)
+        if not log.isEnabledFor(logging.INFO):
+            return  # the lines would be dropped: not formatted (hot path; log_level = warning)
         decided_by = evaluation.decision.identity
         domains = hdr.rcpt_domains_text(list(tx.rcpt_domains), tx.rcpt_domains_more)
         for outcome in evaluation.outcomes:
