@@ -405,7 +405,7 @@ class RunInfo:
 
 
 def render_document(results: list[Measurement], e2e, info: RunInfo, cache=None, workers_rows=(),
-                    profiled=()) -> str:
+                    profiled=(), dns_lookups=()) -> str:
     """The whole of docs/PERFORMANCE.md."""
     from bench.memory import render_cache_memory
 
@@ -430,6 +430,8 @@ def render_document(results: list[Measurement], e2e, info: RunInfo, cache=None, 
     ]
     if cache is not None:
         lines += [render_cache_memory(cache), ""]
+    if dns_lookups:
+        lines += ["## DNS lookups", "", report.render_dns_lookups(dns_lookups), ""]
     if workers_rows:
         lines += ["## Worker processes", "",
                   f"spfmilter alone in {WORKERS_SCENARIO} with different `workers`, in the same run:", "",
@@ -609,6 +611,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-workers", action="store_true",
                         help=f"skip spfmilter's runs of {WORKERS_SCENARIO} with workers = 2 and auto")
     parser.add_argument("--no-cache-memory", action="store_true", help="skip the memory per DNS cache entry")
+    parser.add_argument("--no-dns-lookups", action="store_true",
+                        help="skip the DNS lookup microbenchmark (bench/dnsbench.py)")
     args = parser.parse_args(argv)
     began = time.monotonic()
     seconds = 5.0 if args.quick else args.seconds
@@ -661,7 +665,17 @@ def main(argv=None) -> int:
                    machine=machine_description(), cores=len(os.sched_getaffinity(0)), auto_workers=auto,
                    seconds=seconds, warmup=args.warmup, cold_domains=args.cold_domains,
                    zipf_domains=args.zipf_domains)
-    document = render_document(results, e2e, info, cache, workers_rows, profiled)
+    dns_lookups = []
+    if not args.no_dns_lookups:
+        from bench import dnsbench
+
+        for threads in (1, 16):
+            dns_lookups.append(dnsbench.run(lookups=2000, threads=threads, rounds=3))
+        dns_lookups[0]["breakdown_us"] = dnsbench.breakdown()
+        print("DNS lookups: " + ", ".join(
+            f"{r['threads']} thread(s) {r['transport']['cpu_ratio']:.2f}x the resolver's CPU" for r in dns_lookups),
+            flush=True)
+    document = render_document(results, e2e, info, cache, workers_rows, profiled, dns_lookups)
     print()
     print(document)
     if args.write:

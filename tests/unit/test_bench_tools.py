@@ -334,3 +334,13 @@ def test_the_floor_sets_tcp_nodelay_on_listening_sockets_only():
     finally:
         listener.close()
         idle.close()
+
+
+def test_dns_lookup_table():
+    run = {"lookups": 100, "threads": 1, "rounds": 3,
+           "resolver": {"cpu_ms_per_lookup": 0.4, "wrong": 0, "cpu_ratio": 1.0},
+           "transport": {"cpu_ms_per_lookup": 0.08, "wrong": 0, "cpu_ratio": 0.2},
+           "breakdown_us": {"response_from_wire": 83.0, "dnswire_decode": 5.5}}
+    text = report.render_dns_lookups([run, dict(run, threads=16, breakdown_us=None)])
+    assert "| 1 | 0.400 | 0.080 | 0.20 | 0 |" in text and "| 16 | 0.400 | 0.080 | 0.20 | 0 |" in text
+    assert "response from wire 83.0, dnswire decode 5.5." in text
