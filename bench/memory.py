@@ -221,6 +221,7 @@ class CacheMemory:
     mix_bytes: float  # weighted by MIX
     entries: int  # entries measured per kind
     default_cache_size: int  # spfmilter's dns_cache_size default
+    result_bytes: float = 0.0  # bytes per entry of the SPF result cache (0: not measured)
 
 
 def mix_average(per_kind: dict, mix: dict) -> float:
@@ -231,11 +232,37 @@ def mix_average(per_kind: dict, mix: dict) -> float:
     return sum(per_kind[kind] * share for kind, share in mix.items()) / total
 
 
+def result_entry_bytes(entries: int = 2000) -> float:
+    """Bytes per entry of the SPF result cache (DnsClient.spf_results): keys and outcomes as
+    verify.Verifier stores them (a pass through an include, for a client address and a domain each)."""
+    import tracemalloc
+
+    from spfmilter.dns import TtlCache
+    from spfmilter.verify import Identity, SpfOutcome, SpfResult, cached_form
+
+    cache = TtlCache(entries + 1)
+    made = [(f"100.64.{i // 256 % 256}.{i % 256}", f"sender-{i}.example.com") for i in range(entries)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for ip, domain in made:
+            outcome = SpfOutcome(Identity.MAILFROM, SpfResult.PASS, domain, f"someone@{domain}",
+                                 mechanism="include:_spf.example.net")
+            cache.put_until((ip, domain), cached_form(outcome), float("inf"))
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # the key strings exist in a running milter anyway (the message's address and domain), but
+    # the cache keeps them alive: they count
+    return (after - before) / entries
+
+
 def cache_memory(entries: int = 2000) -> CacheMemory:
     from spfmilter.config import defaults
 
     per_kind = {kind: measure_kind(kind, entries) for kind in KINDS}
-    return CacheMemory(per_kind, mix_average(per_kind, MIX), entries, defaults().dns_cache_size)
+    return CacheMemory(per_kind, mix_average(per_kind, MIX), entries, defaults().dns_cache_size,
+                       result_entry_bytes(entries))
 
 
 def render_cache_memory(result: CacheMemory) -> str:
@@ -251,6 +278,10 @@ def render_cache_memory(result: CacheMemory) -> str:
         f"A full cache at the default `dns_cache_size = {result.default_cache_size}` holds about "
         f"{full:.1f} MiB of such entries, in every worker (each worker has its own cache).",
     ]
+    if result.result_bytes:
+        lines += ["", f"Beside it, the SPF result cache (as many entries: a result per client address and domain, "
+                      f"kept while the DNS answers it came from are cached) costs {result.result_bytes:.0f} bytes "
+                      f"per entry, about {result.result_bytes * result.default_cache_size / MIB:.1f} MiB when full."]
     return "\n".join(lines)
 
 

@@ -266,7 +266,13 @@ class Verifier:
         ends = [expiry(name, qtype) for name, qtype in looked_up]
         if None in ends:
             return
-        self._results.put_until(key, outcome, min(ends))
+        self._results.put_until(key, cached_form(outcome), min(ends))
+
+
+def cached_form(outcome: SpfOutcome) -> SpfOutcome:
+    """What the SPF result cache keeps of ``outcome``: not the sender and domain of the message it
+    came from, which every reuse fills in with its own (Verifier._check)."""
+    return replace(outcome, domain="", sender="")
 
 
 class Checks:
