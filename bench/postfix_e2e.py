@@ -55,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Optional
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,7 +89,7 @@ class Result:
     xclient_addr: str | None = None
     reuse_connections: bool = False  # smtp-source -d: all of a session's messages over one connection
     client_cpu_ms_per_msg: float = 0.0  # this process (XCLIENT proxy, sink reader) per timed message
-    milter_cpu_ms_per_msg: float = 0.0  # the milter_pid process tree, per timed message
+    milter_cpu_ms_per_msg: Optional[float] = 0.0  # the milter_pid process tree, per timed message (None: not measured)
     added_ms: float = 0.0  # filled by the caller: time per message added against the no-milter run
 
     def __str__(self) -> str:
