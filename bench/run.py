@@ -182,7 +182,8 @@ def start_spf_engine(workdir: Path, dns_port: int, tag: str):
         "PermError_reject = False\nTempError_Defer = False\nskip_addresses = 127.0.0.0/8,::1\n"
         f"Socket = inet:{port}@127.0.0.1\nPidFile = {workdir}/spf-engine-{tag}.pid\nUserID = root\n"
         "Header_Type = AR\nAuthserv_Id = mx.test\n")
-    proc = subprocess.Popen([str(python), str(ROOT / "bench" / "spf_engine_runner.py"), str(dns_port), str(conf)],
+    proc = subprocess.Popen([str(python), str(ROOT / "bench" / "spf_engine_runner.py"), "pyspf-milter", str(dns_port),
+                             str(conf)],
                             cwd=str(workdir), stdout=subprocess.DEVNULL,
                             stderr=open(workdir / f"spf-engine-{tag}.log", "wb"))
     return proc, port
@@ -467,9 +468,9 @@ def policyd_spf_service(dns_port: int, confdir: Path) -> tuple[list, dict]:
                     "PermError_reject = False\nTempError_Defer = False\nskip_addresses = 127.0.0.0/8,::1\n"
                     "Header_Type = AR\nAuthserv_Id = mx.test\n")
     os.chmod(conf, 0o644)
-    runner = ROOT / "bench" / "policyd_spf_runner.py"
+    runner = ROOT / "bench" / "spf_engine_runner.py"
     master = [f"policyd-spf/unix=policyd-spf unix - n n - - spawn user=nobody "
-              f"argv=/usr/bin/env PYTHONPATH={purelib} python3 -s {runner} {dns_port} {conf}"]
+              f"argv=/usr/bin/env PYTHONPATH={purelib} python3 -s {runner} policyd-spf {dns_port} {conf}"]
     main = {"policyd-spf_time_limit": "3600",
             "smtpd_recipient_restrictions": "check_policy_service unix:private/policyd-spf"}
     return master, main

@@ -140,7 +140,7 @@ def test_policyd_spf_service_checks_both_identities_through_the_bench_dns(tmp_pa
     fields = master[0].split("=", 1)[1].split()
     assert fields[:8] == ["policyd-spf", "unix", "-", "n", "n", "-", "-", "spawn"]
     assert "user=nobody" in fields
-    assert fields[-3].endswith("bench/policyd_spf_runner.py") and fields[-2] == "5353"
+    assert fields[-4].endswith("bench/spf_engine_runner.py") and fields[-3:-1] == ["policyd-spf", "5353"]
     assert "PYTHONPATH=/venv/site" in master[0]
     assert main["smtpd_recipient_restrictions"] == "check_policy_service unix:private/policyd-spf"
     conf = dict(line.split(" = ", 1) for line in (tmp_path / "policyd-spf.conf").read_text().splitlines())
